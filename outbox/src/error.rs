@@ -1,0 +1,199 @@
+use std::fmt;
+use std::time::Duration;
+
+/// A boxed error, the form in which the Runner carries a publisher's failure.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in the outbox itself (not in a publisher).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database refused or failed a statement.
+    #[error("outbox database error: {0}")]
+    Database(#[from] sqlx::Error),
+
+    /// A schema or table name from the configuration is not a plain identifier.
+    #[error(
+        "invalid {what} {name:?}: {reason}; use 1 to {max} ASCII letters, digits or '_', starting with a letter or '_'",
+        max = crate::tables::MAX_IDENT_LEN
+    )]
+    InvalidIdentifier {
+        /// Which setting held the name (`schema`, `table prefix`).
+        what: &'static str,
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// An event could not be serialized for storage.
+    #[error("cannot encode event `{event_type}`: {source}")]
+    Encode {
+        /// The event type name.
+        event_type: &'static str,
+        /// The serializer's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// Two publishers were registered under one name.
+    #[error(
+        "two publishers are named `{name}` (for {first} and {second}); publisher names must be unique, rename one with #[publisher(name = \"...\")]"
+    )]
+    DuplicatePublisher {
+        /// The shared name.
+        name: String,
+        /// What the first one publishes.
+        first: String,
+        /// What the second one publishes.
+        second: String,
+    },
+
+    /// A publisher asks for `State<T>` and the builder was given no `T`.
+    #[error(
+        "publisher `{publisher}` takes `State<{state}>`, but no value of type `{state}` was given; call `.state(value)` on the Runner builder"
+    )]
+    MissingState {
+        /// The publisher's name.
+        publisher: String,
+        /// The Rust type of the missing state.
+        state: &'static str,
+    },
+
+    /// A Runner setting is out of range.
+    #[error("invalid Runner setting `{setting}`: {reason}")]
+    InvalidSetting {
+        /// The builder method.
+        setting: &'static str,
+        /// What is wrong with the value.
+        reason: String,
+    },
+}
+
+/// Whether a failed publish should be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Worth retrying later: network, timeouts, broker unavailable, 5xx.
+    Transient,
+    /// Retrying cannot help: the event goes to the dead-letter table at once.
+    Permanent,
+}
+
+/// The error a publisher returns.
+///
+/// Any error converts into a *transient* `PublishError` (retried with backoff);
+/// wrap it with [`PublishError::permanent`] to dead-letter the event at once.
+///
+/// ```
+/// use outbox::PublishError;
+/// # fn check(status: u16) -> Result<(), PublishError> {
+/// if status == 400 {
+///     return Err(PublishError::permanent(format!("rejected with {status}")));
+/// }
+/// # Ok(()) }
+/// ```
+pub struct PublishError {
+    kind: FailureKind,
+    retry_after: Option<Duration>,
+    source: BoxError,
+}
+
+impl PublishError {
+    /// A failure that may succeed later; the event is retried with backoff.
+    pub fn transient(error: impl Into<BoxError>) -> Self {
+        Self::new(FailureKind::Transient, error.into())
+    }
+
+    /// A failure that retrying cannot fix; the event is dead-lettered at once.
+    pub fn permanent(error: impl Into<BoxError>) -> Self {
+        Self::new(FailureKind::Permanent, error.into())
+    }
+
+    fn new(kind: FailureKind, source: BoxError) -> Self {
+        Self {
+            kind,
+            retry_after: None,
+            source,
+        }
+    }
+
+    /// Ask for the next attempt no sooner than `delay` (for example from an
+    /// HTTP `Retry-After` header). Only meaningful for transient failures.
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+
+    /// The requested delay before the next attempt, if any.
+    pub fn requested_delay(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// Transient or permanent.
+    pub fn kind(&self) -> FailureKind {
+        self.kind
+    }
+
+    /// True when the event must not be retried.
+    pub fn is_permanent(&self) -> bool {
+        self.kind == FailureKind::Permanent
+    }
+
+    /// Turn any publisher error into a `PublishError`, keeping the kind of a
+    /// `PublishError` found in it (also behind `anyhow` or a source chain).
+    pub fn from_boxed(error: BoxError) -> Self {
+        match error.downcast::<PublishError>() {
+            Ok(publish_error) => *publish_error,
+            Err(other) => {
+                let mut kind = FailureKind::Transient;
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*other);
+                while let Some(err) = cause {
+                    if let Some(found) = err.downcast_ref::<PublishError>() {
+                        kind = found.kind;
+                        break;
+                    }
+                    cause = err.source();
+                }
+                Self::new(kind, other)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublishError")
+            .field("kind", &self.kind)
+            .field("retry_after", &self.retry_after)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)?;
+        let mut cause = self.source.source();
+        while let Some(err) = cause {
+            write!(f, ": {err}")?;
+            cause = err.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+/// An event payload that could not be turned back into its Rust type.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode event `{event_type}` (schema version {version}) as `{rust_type}`: {reason}")]
+pub struct DecodeError {
+    /// The stored type name.
+    pub event_type: String,
+    /// The stored schema version.
+    pub version: u32,
+    /// The Rust type it was decoded into.
+    pub rust_type: &'static str,
+    /// What the decoder said.
+    pub reason: String,
+}

@@ -1,0 +1,243 @@
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::error::{BoxError, DecodeError};
+
+/// An event type that can be stored in the outbox: the Mapper between a Rust
+/// value and its [`StorageBox`].
+///
+/// Derive it with `#[derive(OutboxEvent)]` (see the [crate docs](crate)); a
+/// hand-written impl needs only the three constants and `partition_key`.
+/// Payloads are JSON by default; override [`encode`](Self::encode) and
+/// [`decode`](Self::decode) to use another format or to upcast old versions.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an outbox event",
+    label = "not an outbox event",
+    note = "add `#[derive(Serialize, Deserialize, OutboxEvent)]` to the definition of `{Self}`"
+)]
+pub trait OutboxEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The stable type name stored with every event (`order.placed`).
+    const NAME: &'static str;
+    /// Where the event goes: the default subject, queue or stream of broker
+    /// publishers.
+    const TOPIC: &'static str;
+    /// The schema version of the payload.
+    const VERSION: u32;
+
+    /// The partition key: events with the same key reach each publisher in
+    /// the order they were enqueued. `None` means no order constraint.
+    fn partition_key(&self) -> Option<String>;
+
+    /// Serialize the payload (JSON by default).
+    fn encode(&self) -> Result<Vec<u8>, BoxError> {
+        serde_json::to_vec(self).map_err(Into::into)
+    }
+
+    /// Deserialize a stored payload written with schema `version`.
+    ///
+    /// The default refuses payloads written by a newer schema version than
+    /// [`VERSION`](Self::VERSION), since fields this binary does not know
+    /// would be dropped silently.
+    fn decode(version: u32, payload: &[u8]) -> Result<Self, DecodeError> {
+        let error = |reason: String| DecodeError {
+            event_type: Self::NAME.to_owned(),
+            version,
+            rust_type: std::any::type_name::<Self>(),
+            reason,
+        };
+        if version > Self::VERSION {
+            return Err(error(format!(
+                "it was written with a newer schema version than this binary knows ({}); deploy the newer Runner, then retry the dead letter",
+                Self::VERSION
+            )));
+        }
+        serde_json::from_slice(payload).map_err(|e| error(e.to_string()))
+    }
+}
+
+/// What `#[derive(OutboxEvent)]` registers about each event type, so that the
+/// Runner can warn about event types without a publisher.
+#[derive(Debug, Clone, Copy)]
+pub struct EventTypeInfo {
+    /// [`OutboxEvent::NAME`].
+    pub name: &'static str,
+    /// [`OutboxEvent::TOPIC`].
+    pub topic: &'static str,
+    /// [`OutboxEvent::VERSION`].
+    pub version: u32,
+    /// The Rust type's name, for messages.
+    pub rust_type: &'static str,
+}
+
+inventory::collect!(EventTypeInfo);
+
+/// The event types registered by `#[derive(OutboxEvent)]` in this binary.
+pub fn registered_event_types() -> impl Iterator<Item = &'static EventTypeInfo> {
+    inventory::iter::<EventTypeInfo>.into_iter()
+}
+
+/// A value that can serve as a partition key (`#[outbox(key = field)]`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be used as a partition key",
+    label = "the field named by `key = ...`",
+    note = "a partition key is an integer, a `String`/`&str`, a `char`, a `Uuid`, or an `Option` of one of them"
+)]
+pub trait PartitionKey {
+    /// The key as stored; `None` for no key.
+    fn to_partition_key(&self) -> Option<String>;
+}
+
+macro_rules! display_key {
+    ($($t:ty),*) => {$(
+        impl PartitionKey for $t {
+            fn to_partition_key(&self) -> Option<String> {
+                Some(self.to_string())
+            }
+        }
+    )*};
+}
+
+display_key!(
+    i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize, char, str, String, Uuid
+);
+
+impl<T: PartitionKey + ?Sized> PartitionKey for &T {
+    fn to_partition_key(&self) -> Option<String> {
+        (**self).to_partition_key()
+    }
+}
+
+impl<T: PartitionKey> PartitionKey for Option<T> {
+    fn to_partition_key(&self) -> Option<String> {
+        self.as_ref().and_then(PartitionKey::to_partition_key)
+    }
+}
+
+impl<T: PartitionKey + ?Sized> PartitionKey for Box<T> {
+    fn to_partition_key(&self) -> Option<String> {
+        (**self).to_partition_key()
+    }
+}
+
+/// The stored form of one event, as the Runner hands it to publishers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StorageBox {
+    /// The event id (UUIDv7), stable across retries: consumers deduplicate on it.
+    pub id: Uuid,
+    /// The event type name ([`OutboxEvent::NAME`]).
+    pub event_type: String,
+    /// The payload's schema version.
+    pub version: u32,
+    /// The topic ([`OutboxEvent::TOPIC`]).
+    pub topic: String,
+    /// The partition key, if any.
+    pub partition_key: Option<String>,
+    /// The encoded payload (JSON unless the event type says otherwise).
+    pub payload: Vec<u8>,
+    /// Headers given at enqueue time (for example a W3C `traceparent`).
+    pub headers: BTreeMap<String, String>,
+    /// When the event was enqueued (database clock).
+    pub created_at: SystemTime,
+    /// Which attempt this is: 1 on the first delivery.
+    pub attempt: u32,
+}
+
+/// An event to insert: a [`StorageBox`] before it has been stored.
+///
+/// Build one from a typed event with [`NewEvent::from_event`], or by hand to
+/// enqueue a payload that no Rust type describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NewEvent {
+    /// The event id; [`NewEvent::new`] makes a UUIDv7.
+    pub id: Uuid,
+    /// The event type name.
+    pub event_type: String,
+    /// The schema version.
+    pub version: u32,
+    /// The topic.
+    pub topic: String,
+    /// The partition key.
+    pub partition_key: Option<String>,
+    /// The encoded payload.
+    pub payload: Vec<u8>,
+    /// Headers for publishers to pass on.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl NewEvent {
+    /// A raw event with a fresh UUIDv7 id, schema version 1, the type name as
+    /// topic, no key and no headers.
+    pub fn new(event_type: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        let event_type = event_type.into();
+        Self {
+            id: Uuid::now_v7(),
+            topic: event_type.clone(),
+            event_type,
+            version: 1,
+            partition_key: None,
+            payload: payload.into(),
+            headers: BTreeMap::new(),
+        }
+    }
+
+    /// Encode a typed event.
+    pub fn from_event<E: OutboxEvent>(event: &E) -> Result<Self, crate::Error> {
+        let payload = event.encode().map_err(|source| crate::Error::Encode {
+            event_type: E::NAME,
+            source,
+        })?;
+        Ok(Self {
+            id: Uuid::now_v7(),
+            event_type: E::NAME.to_owned(),
+            version: E::VERSION,
+            topic: E::TOPIC.to_owned(),
+            partition_key: event.partition_key(),
+            payload,
+            headers: BTreeMap::new(),
+        })
+    }
+
+    /// Set the topic.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topic = topic.into();
+        self
+    }
+
+    /// Set the partition key.
+    pub fn partition_key(mut self, key: impl Into<String>) -> Self {
+        self.partition_key = Some(key.into());
+        self
+    }
+
+    /// Set the schema version.
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Add a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    pub(crate) fn headers_json(&self) -> String {
+        serde_json::to_string(&self.headers).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+pub(crate) fn parse_headers(json: &str) -> BTreeMap<String, String> {
+    match serde_json::from_str(json) {
+        Ok(headers) => headers,
+        Err(error) => {
+            tracing::warn!(%error, "outbox headers column is not a JSON object of strings; ignoring it");
+            BTreeMap::new()
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The Source: where the Runner claims events and reports what became of them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use uuid::Uuid;
+
+use crate::event::{NewEvent, StorageBox};
+use crate::{Error, Tables};
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+/// A claimed event with the Runner's bookkeeping.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClaimedEvent {
+    /// The event as publishers see it.
+    pub event: Arc<StorageBox>,
+    /// Publishers that are finished with this event (succeeded or dead-lettered).
+    pub done: Vec<String>,
+    /// When set, only these publishers still have to get it (a retried dead letter).
+    pub only: Option<Vec<String>>,
+}
+
+impl ClaimedEvent {
+    /// Assemble a claimed event (for Source implementations).
+    pub fn new(event: StorageBox, done: Vec<String>, only: Option<Vec<String>>) -> Self {
+        Self {
+            event: Arc::new(event),
+            done,
+            only,
+        }
+    }
+}
+
+/// One publisher's delivery that is given up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The publisher's name.
+    pub publisher: String,
+    /// Why.
+    pub error: String,
+}
+
+/// What to do with a claimed event that did not simply succeed everywhere.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Settlement {
+    /// The event.
+    pub id: Uuid,
+    /// Publishers now finished with it (including those dead-lettered now).
+    pub done: Vec<String>,
+    /// Deliveries to move to the dead-letter table now.
+    pub dead: Vec<Failure>,
+    /// `Some`: try the remaining publishers again after this delay, recording
+    /// this error. `None`: the event is finished; delete it.
+    pub retry: Option<(Duration, String)>,
+}
+
+/// A delivery in the dead-letter table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The event, as it was stored.
+    pub event: StorageBox,
+    /// The publisher that could not deliver it.
+    pub publisher: String,
+    /// The last error.
+    pub error: String,
+    /// How many attempts were made.
+    pub attempts: u32,
+    /// When it was dead-lettered.
+    pub failed_at: SystemTime,
+}
+
+/// A store of events the Runner can claim from: one implementation per
+/// database. Implement it (and run the conformance tests) to add a backend.
+///
+/// Every method that changes a claimed event is *fenced*: it only acts while
+/// `owner` still holds the event's lease, so a Runner whose lease expired
+/// cannot acknowledge work that another Runner has claimed since.
+#[async_trait]
+pub trait Source: Send + Sync + 'static {
+    /// Lease up to `limit` due events for `lease`, measured on the database's
+    /// clock, incrementing their attempt counter. At most one event per
+    /// partition key: the oldest one left, and only when no older event of
+    /// that key exists.
+    async fn claim(
+        &self,
+        owner: Uuid,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedEvent>, Error>;
+
+    /// Delete events that every publisher has received. Returns how many
+    /// were deleted (fewer when a lease was lost).
+    async fn ack(&self, owner: Uuid, ids: &[Uuid]) -> Result<u64, Error>;
+
+    /// Record partial progress, dead letters and a retry, or finish the event.
+    /// Returns false when the lease was lost and nothing was changed.
+    async fn settle(&self, owner: Uuid, settlement: &Settlement) -> Result<bool, Error>;
+
+    /// Give events back unfinished (on shutdown), due at once.
+    async fn release(&self, owner: Uuid, ids: &[Uuid]) -> Result<u64, Error>;
+
+    /// How many events are in the outbox, due or not.
+    async fn pending(&self) -> Result<u64, Error>;
+
+    /// List dead letters, oldest first.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error>;
+
+    /// Put dead-lettered deliveries of these events (all when `None`) back
+    /// into the outbox, for the publishers that failed. An event that is
+    /// still in the outbox is left alone. Returns the number of events requeued.
+    async fn retry_dead_letters(&self, event_ids: Option<&[Uuid]>) -> Result<u64, Error>;
+
+    /// Delete dead letters that failed before `before`. Returns how many.
+    async fn purge_dead_letters(&self, before: SystemTime) -> Result<u64, Error>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A database the outbox can live in: `sqlx::Postgres` (feature `postgres`)
+/// or `sqlx::Sqlite` (feature `sqlite`).
+pub trait Backend: sqlx::Database + sealed::Sealed {
+    #[doc(hidden)]
+    fn __enqueue<'a>(
+        conn: &'a mut Self::Connection,
+        tables: &'a Tables,
+        events: &'a [NewEvent],
+    ) -> BoxFuture<'a, Result<(), Error>>;
+
+    #[doc(hidden)]
+    fn __migrate<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        tables: &'a Tables,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+
+    #[doc(hidden)]
+    fn __source(pool: sqlx::Pool<Self>, tables: &Tables) -> Arc<dyn Source>;
+}
+
+#[cfg(feature = "postgres")]
+impl sealed::Sealed for sqlx::Postgres {}
+#[cfg(feature = "sqlite")]
+impl sealed::Sealed for sqlx::Sqlite {}
+
+/// The Source for a pool: what the Runner uses, exposed for tests and tools
+/// (dead-letter administration).
+pub fn source<DB: Backend>(pool: sqlx::Pool<DB>, tables: &Tables) -> Arc<dyn Source> {
+    DB::__source(pool, tables)
+}
+
+pub(crate) fn json_list(list: &[String]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned())
+}
+
+pub(crate) fn parse_json_list(json: Option<&str>) -> Option<Vec<String>> {
+    let json = json?;
+    match serde_json::from_str(json) {
+        Ok(list) => Some(list),
+        Err(error) => {
+            tracing::warn!(%error, json, "outbox publisher list is not a JSON array of strings; ignoring it");
+            None
+        }
+    }
+}
+
+pub(crate) fn system_time_from_millis(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64)
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+pub(crate) fn millis_since_epoch(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+pub(crate) fn duration_millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn storage_box(
+    id: Uuid,
+    event_type: String,
+    version: i32,
+    topic: String,
+    partition_key: Option<String>,
+    payload: Vec<u8>,
+    headers: &str,
+    created_at_ms: i64,
+    attempt: i32,
+) -> StorageBox {
+    StorageBox {
+        id,
+        event_type,
+        version: u32::try_from(version).unwrap_or(0),
+        topic,
+        partition_key,
+        payload,
+        headers: crate::event::parse_headers(headers),
+        created_at: system_time_from_millis(created_at_ms),
+        attempt: u32::try_from(attempt).unwrap_or(0),
+    }
+}
+
+/// Headers of an event, as stored.
+pub type Headers = BTreeMap<String, String>;

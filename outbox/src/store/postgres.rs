@@ -1,0 +1,412 @@
+//! PostgreSQL: `FOR UPDATE SKIP LOCKED` claims in single statements, leases on
+//! the server clock, acks fenced by the lease holder.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
+use uuid::Uuid;
+
+use super::{
+    Backend, ClaimedEvent, DeadLetter, Settlement, Source, duration_millis, millis_since_epoch,
+    storage_box, system_time_from_millis,
+};
+use crate::event::NewEvent;
+use crate::{Error, Tables};
+
+fn q(sql: &Arc<str>) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(AssertSqlSafe(sql.clone()))
+}
+
+struct Sql {
+    claim: Arc<str>,
+    ack: Arc<str>,
+    retry: Arc<str>,
+    delete_one: Arc<str>,
+    dead: Arc<str>,
+    release: Arc<str>,
+    pending: Arc<str>,
+    list_dead: Arc<str>,
+    retry_dead: Arc<str>,
+    purge_dead: Arc<str>,
+}
+
+impl Sql {
+    fn new(tables: &Tables) -> Self {
+        let ev = tables.qualified("events");
+        let dl = tables.qualified("dead_letters");
+        Self {
+            claim: format!(
+                "WITH c AS ( \
+                   SELECT e.id FROM {ev} e \
+                   WHERE e.due_at <= now() \
+                     AND (e.lease_until IS NULL OR e.lease_until <= now()) \
+                     AND (e.partition_key IS NULL OR NOT EXISTS ( \
+                       SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key AND p.id < e.id)) \
+                   ORDER BY e.id LIMIT $2 \
+                   FOR UPDATE SKIP LOCKED) \
+                 UPDATE {ev} e SET lease_owner = $1, \
+                   lease_until = now() + $3::float8 * interval '1 millisecond', \
+                   attempts = e.attempts + 1 \
+                 FROM c WHERE e.id = c.id \
+                 RETURNING e.id, e.event_type, e.version, e.topic, e.partition_key, e.payload, \
+                   e.headers::text, (extract(epoch from e.created_at) * 1000)::int8, e.attempts, \
+                   e.done, e.only_publishers"
+            )
+            .into(),
+            ack: format!("DELETE FROM {ev} WHERE id = ANY($1) AND lease_owner = $2").into(),
+            retry: format!(
+                "UPDATE {ev} SET due_at = now() + $3::float8 * interval '1 millisecond', \
+                   done = $4, last_error = $5, lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $1 AND lease_owner = $2"
+            )
+            .into(),
+            delete_one: format!("DELETE FROM {ev} WHERE id = $1 AND lease_owner = $2").into(),
+            dead: format!(
+                "INSERT INTO {dl} (event_id, publisher, event_type, version, topic, partition_key, \
+                   payload, headers, created_at, attempts, error) \
+                 SELECT e.id, f.publisher, e.event_type, e.version, e.topic, e.partition_key, \
+                   e.payload, e.headers, e.created_at, e.attempts, f.error \
+                 FROM {ev} e, UNNEST($3::text[], $4::text[]) AS f(publisher, error) \
+                 WHERE e.id = $1 AND e.lease_owner = $2 \
+                 ON CONFLICT (event_id, publisher) DO UPDATE SET error = EXCLUDED.error, \
+                   attempts = EXCLUDED.attempts, failed_at = now()"
+            )
+            .into(),
+            release: format!(
+                "UPDATE {ev} SET lease_owner = NULL, lease_until = NULL, \
+                   attempts = GREATEST(attempts - 1, 0) \
+                 WHERE id = ANY($1) AND lease_owner = $2"
+            )
+            .into(),
+            pending: format!("SELECT count(*) FROM {ev}").into(),
+            list_dead: format!(
+                "SELECT event_id, event_type, version, topic, partition_key, payload, headers::text, \
+                   (extract(epoch from created_at) * 1000)::int8, attempts, publisher, error, \
+                   (extract(epoch from failed_at) * 1000)::int8 \
+                 FROM {dl} ORDER BY failed_at, event_id, publisher LIMIT $1"
+            )
+            .into(),
+            retry_dead: format!(
+                "WITH picked AS ( \
+                   SELECT event_id, array_agg(publisher ORDER BY publisher) AS publishers, \
+                     min(event_type) AS event_type, min(version) AS version, min(topic) AS topic, \
+                     min(partition_key) AS partition_key, (array_agg(payload))[1] AS payload, \
+                     (array_agg(headers))[1] AS headers, min(created_at) AS created_at \
+                   FROM {dl} WHERE $1::uuid[] IS NULL OR event_id = ANY($1) GROUP BY event_id), \
+                 ins AS ( \
+                   INSERT INTO {ev} (id, event_type, version, topic, partition_key, payload, headers, \
+                     created_at, only_publishers) \
+                   SELECT event_id, event_type, version, topic, partition_key, payload, headers, \
+                     created_at, publishers FROM picked \
+                   ON CONFLICT (id) DO NOTHING RETURNING id), \
+                 del AS (DELETE FROM {dl} WHERE event_id IN (SELECT id FROM ins)) \
+                 SELECT count(*) FROM ins"
+            )
+            .into(),
+            purge_dead: format!(
+                "DELETE FROM {dl} WHERE failed_at < to_timestamp($1::float8 / 1000.0)"
+            )
+            .into(),
+        }
+    }
+}
+
+pub(crate) struct PgSource {
+    pool: PgPool,
+    sql: Sql,
+}
+
+fn claimed(row: &PgRow) -> Result<ClaimedEvent, sqlx::Error> {
+    let event = storage_box(
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+        row.try_get(4)?,
+        row.try_get(5)?,
+        row.try_get::<&str, _>(6)?,
+        row.try_get(7)?,
+        row.try_get(8)?,
+    );
+    Ok(ClaimedEvent::new(event, row.try_get(9)?, row.try_get(10)?))
+}
+
+#[async_trait]
+impl Source for PgSource {
+    async fn claim(
+        &self,
+        owner: Uuid,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedEvent>, Error> {
+        let rows = q(&self.sql.claim)
+            .bind(owner)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(duration_millis(lease) as f64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(claimed).collect::<Result<_, _>>()?)
+    }
+
+    async fn ack(&self, owner: Uuid, ids: &[Uuid]) -> Result<u64, Error> {
+        let done = q(&self.sql.ack)
+            .bind(ids)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn settle(&self, owner: Uuid, s: &Settlement) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        if !s.dead.is_empty() {
+            let publishers: Vec<&str> = s.dead.iter().map(|f| f.publisher.as_str()).collect();
+            let errors: Vec<&str> = s.dead.iter().map(|f| f.error.as_str()).collect();
+            q(&self.sql.dead)
+                .bind(s.id)
+                .bind(owner)
+                .bind(publishers)
+                .bind(errors)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let changed = match &s.retry {
+            Some((delay, error)) => {
+                q(&self.sql.retry)
+                    .bind(s.id)
+                    .bind(owner)
+                    .bind(duration_millis(*delay) as f64)
+                    .bind(&s.done)
+                    .bind(error)
+                    .execute(&mut *tx)
+                    .await?
+            }
+            None => {
+                q(&self.sql.delete_one)
+                    .bind(s.id)
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await?
+            }
+        }
+        .rows_affected();
+        if changed == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn release(&self, owner: Uuid, ids: &[Uuid]) -> Result<u64, Error> {
+        let done = q(&self.sql.release)
+            .bind(ids)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn pending(&self) -> Result<u64, Error> {
+        let n: i64 = q(&self.sql.pending).fetch_one(&self.pool).await?.try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        let rows = q(&self.sql.list_dead)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let event = storage_box(
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+                row.try_get(4)?,
+                row.try_get(5)?,
+                row.try_get::<&str, _>(6)?,
+                row.try_get(7)?,
+                row.try_get(8)?,
+            );
+            out.push(DeadLetter {
+                attempts: event.attempt,
+                event,
+                publisher: row.try_get(9)?,
+                error: row.try_get(10)?,
+                failed_at: system_time_from_millis(row.try_get(11)?),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn retry_dead_letters(&self, event_ids: Option<&[Uuid]>) -> Result<u64, Error> {
+        let n: i64 = q(&self.sql.retry_dead)
+            .bind(event_ids)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn purge_dead_letters(&self, before: SystemTime) -> Result<u64, Error> {
+        let done = q(&self.sql.purge_dead)
+            .bind(millis_since_epoch(before) as f64)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+async fn enqueue(conn: &mut PgConnection, tables: &Tables, events: &[NewEvent]) -> Result<(), Error> {
+    let ev = tables.qualified("events");
+    match events {
+        [] => {}
+        [e] => {
+            let sql = format!(
+                "INSERT INTO {ev} (id, event_type, version, topic, partition_key, payload, headers) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)"
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(e.id)
+                .bind(&e.event_type)
+                .bind(i32::try_from(e.version).unwrap_or(i32::MAX))
+                .bind(&e.topic)
+                .bind(&e.partition_key)
+                .bind(&e.payload)
+                .bind(e.headers_json())
+                .execute(conn)
+                .await?;
+        }
+        many => {
+            let sql = format!(
+                "INSERT INTO {ev} (id, event_type, version, topic, partition_key, payload, headers) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], \
+                   $6::bytea[], $7::text[]::jsonb[])"
+            );
+            let ids: Vec<Uuid> = many.iter().map(|e| e.id).collect();
+            let types: Vec<&str> = many.iter().map(|e| e.event_type.as_str()).collect();
+            let versions: Vec<i32> = many
+                .iter()
+                .map(|e| i32::try_from(e.version).unwrap_or(i32::MAX))
+                .collect();
+            let topics: Vec<&str> = many.iter().map(|e| e.topic.as_str()).collect();
+            let keys: Vec<Option<&str>> = many.iter().map(|e| e.partition_key.as_deref()).collect();
+            let payloads: Vec<&[u8]> = many.iter().map(|e| e.payload.as_slice()).collect();
+            let headers: Vec<String> = many.iter().map(NewEvent::headers_json).collect();
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(ids)
+                .bind(types)
+                .bind(versions)
+                .bind(topics)
+                .bind(keys)
+                .bind(payloads)
+                .bind(headers)
+                .execute(conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn migrate(pool: &PgPool, tables: &Tables) -> Result<(), Error> {
+    let ev = tables.qualified("events");
+    let dl = tables.qualified("dead_letters");
+    let key_idx = tables.index_name("events_key_idx");
+    let dl_idx = tables.index_name("dead_letters_failed_idx");
+    let mut statements = Vec::new();
+    if let Some(schema) = tables.quoted_schema() {
+        statements.push(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
+    }
+    statements.push(format!(
+        "CREATE TABLE IF NOT EXISTS {ev} ( \
+           id uuid PRIMARY KEY, \
+           event_type text NOT NULL, \
+           version integer NOT NULL, \
+           topic text NOT NULL, \
+           partition_key text, \
+           payload bytea NOT NULL, \
+           headers jsonb NOT NULL DEFAULT '{{}}', \
+           created_at timestamptz NOT NULL DEFAULT now(), \
+           due_at timestamptz NOT NULL DEFAULT now(), \
+           attempts integer NOT NULL DEFAULT 0, \
+           lease_owner uuid, \
+           lease_until timestamptz, \
+           done text[] NOT NULL DEFAULT '{{}}', \
+           only_publishers text[], \
+           last_error text)"
+    ));
+    statements.push(format!(
+        "CREATE INDEX IF NOT EXISTS {key_idx} ON {ev} (partition_key, id) \
+         WHERE partition_key IS NOT NULL"
+    ));
+    // The queue head is deleted constantly: dead index entries there are
+    // re-scanned by every claim until vacuum runs, so vacuum this table often
+    // and without throttling.
+    statements.push(format!(
+        "ALTER TABLE {ev} SET (autovacuum_vacuum_scale_factor = 0, \
+           autovacuum_vacuum_threshold = 5000, autovacuum_vacuum_cost_delay = 0, \
+           autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 5000)"
+    ));
+    statements.push(format!(
+        "CREATE TABLE IF NOT EXISTS {dl} ( \
+           event_id uuid NOT NULL, \
+           publisher text NOT NULL, \
+           event_type text NOT NULL, \
+           version integer NOT NULL, \
+           topic text NOT NULL, \
+           partition_key text, \
+           payload bytea NOT NULL, \
+           headers jsonb NOT NULL, \
+           created_at timestamptz NOT NULL, \
+           attempts integer NOT NULL, \
+           error text NOT NULL, \
+           failed_at timestamptz NOT NULL DEFAULT now(), \
+           PRIMARY KEY (event_id, publisher))"
+    ));
+    statements.push(format!(
+        "CREATE INDEX IF NOT EXISTS {dl_idx} ON {dl} (failed_at)"
+    ));
+
+    let mut tx = pool.begin().await?;
+    // Serialise concurrent migrations of the same tables: CREATE ... IF NOT
+    // EXISTS alone races on the catalog.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(format!("outbox.migrate:{ev}"))
+        .execute(&mut *tx)
+        .await?;
+    for statement in statements {
+        sqlx::query(AssertSqlSafe(statement))
+            .persistent(false)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+impl Backend for Postgres {
+    fn __enqueue<'a>(
+        conn: &'a mut PgConnection,
+        tables: &'a Tables,
+        events: &'a [NewEvent],
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(enqueue(conn, tables, events))
+    }
+
+    fn __migrate<'a>(pool: &'a PgPool, tables: &'a Tables) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(migrate(pool, tables))
+    }
+
+    fn __source(pool: PgPool, tables: &Tables) -> Arc<dyn Source> {
+        Arc::new(PgSource {
+            pool,
+            sql: Sql::new(tables),
+        })
+    }
+}
