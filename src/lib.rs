@@ -1,1 +1,396 @@
-//! Test support.
+//! Support for the integration tests and examples of the outbox workspace:
+//! a database per test on either backend, and scriptable recording
+//! publishers.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use outbox::{
+    Context, NewEvent, OutboxEvent, PublishError, Publisher, RunnerBuilder, Source, Tables, Uuid,
+};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, Postgres, Sqlite, Transaction};
+
+/// The PostgreSQL server the tests use: `OUTBOX_TEST_PG_URL`, or the local one.
+pub fn pg_url() -> String {
+    std::env::var("OUTBOX_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A unique, valid identifier for one test.
+pub fn unique_name(test: &str) -> String {
+    let clean: String = test
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .take(24)
+        .collect();
+    format!("t_{clean}_{:08x}", fastrand::u32(..))
+}
+
+/// One test's own database: a fresh PostgreSQL schema or a fresh SQLite file.
+#[derive(Clone)]
+pub enum TestDb {
+    /// A schema in the shared PostgreSQL database.
+    Pg {
+        /// Pool whose `search_path` is the test's schema.
+        pool: PgPool,
+        /// The schema.
+        schema: String,
+    },
+    /// A SQLite file in the temp folder.
+    Sqlite {
+        /// The pool.
+        pool: SqlitePool,
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Which backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite.
+    Sqlite,
+}
+
+impl TestDb {
+    /// A fresh database on `backend`, with the outbox migrated and an
+    /// `orders` business table.
+    pub async fn new(backend: Backend, test: &str) -> Self {
+        let db = match backend {
+            Backend::Postgres => Self::postgres(test).await,
+            Backend::Sqlite => Self::sqlite(test).await,
+        };
+        db.migrate().await;
+        db.exec("CREATE TABLE orders (id BIGINT PRIMARY KEY, total_cents BIGINT NOT NULL)")
+            .await;
+        db
+    }
+
+    /// A fresh schema, not migrated.
+    pub async fn postgres(test: &str) -> Self {
+        let schema = unique_name(test);
+        let admin = PgPool::connect(&pg_url()).await.expect(
+            "cannot reach PostgreSQL for the tests; start it, or set OUTBOX_TEST_PG_URL",
+        );
+        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let set_path = format!("SET search_path TO \"{schema}\"");
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .after_connect(move |conn, _| {
+                let set_path = set_path.clone();
+                Box::pin(async move {
+                    sqlx::query(AssertSqlSafe(set_path)).execute(conn).await?;
+                    Ok(())
+                })
+            })
+            .connect(&pg_url())
+            .await
+            .unwrap();
+        Self::Pg { pool, schema }
+    }
+
+    /// A fresh SQLite file, not migrated.
+    pub async fn sqlite(test: &str) -> Self {
+        let dir = std::env::temp_dir().join("outbox-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.db", unique_name(test)));
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .unwrap();
+        Self::Sqlite { pool, path }
+    }
+
+    /// The outbox tables of this test.
+    pub fn tables(&self) -> Tables {
+        match self {
+            Self::Pg { schema, .. } => Tables::default().schema(schema.clone()).unwrap(),
+            Self::Sqlite { .. } => Tables::default(),
+        }
+    }
+
+    /// Create the outbox tables.
+    pub async fn migrate(&self) {
+        match self {
+            Self::Pg { pool, .. } => self.tables().migrate(pool).await.unwrap(),
+            Self::Sqlite { pool, .. } => self.tables().migrate(pool).await.unwrap(),
+        }
+    }
+
+    /// Run one statement.
+    pub async fn exec(&self, sql: &str) -> u64 {
+        let sql = AssertSqlSafe(sql.to_owned());
+        match self {
+            Self::Pg { pool, .. } => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
+            Self::Sqlite { pool, .. } => {
+                sqlx::query(sql).execute(pool).await.unwrap().rows_affected()
+            }
+        }
+    }
+
+    /// Run a query returning one integer.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let sql = AssertSqlSafe(sql.to_owned());
+        match self {
+            Self::Pg { pool, .. } => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+            Self::Sqlite { pool, .. } => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        }
+    }
+
+    /// Start a transaction.
+    pub async fn begin(&self) -> Tx {
+        match self {
+            Self::Pg { pool, .. } => Tx::Pg(pool.begin().await.unwrap(), self.tables()),
+            Self::Sqlite { pool, .. } => Tx::Sqlite(pool.begin().await.unwrap(), self.tables()),
+        }
+    }
+
+    /// A Runner builder for this database with test-friendly timings and
+    /// no inventory publishers.
+    pub fn runner(&self) -> RunnerBuilder {
+        let builder = match self {
+            Self::Pg { pool, .. } => outbox::Runner::builder(pool.clone()),
+            Self::Sqlite { pool, .. } => outbox::Runner::builder(pool.clone()),
+        };
+        builder
+            .tables(self.tables())
+            .without_registered()
+            .poll_interval(Duration::from_millis(20))
+            .backoff(Duration::from_millis(10), Duration::from_millis(100))
+            .shutdown(std::future::pending())
+    }
+
+    /// The Source, for dead-letter administration and store-level tests.
+    pub fn source(&self) -> Arc<dyn Source> {
+        match self {
+            Self::Pg { pool, .. } => outbox::source(pool.clone(), &self.tables()),
+            Self::Sqlite { pool, .. } => outbox::source(pool.clone(), &self.tables()),
+        }
+    }
+
+    /// Events still in the outbox.
+    pub async fn pending(&self) -> u64 {
+        self.source().pending().await.unwrap()
+    }
+
+    /// Drop the schema or delete the file.
+    pub async fn cleanup(self) {
+        match self {
+            Self::Pg { pool, schema } => {
+                pool.close().await;
+                let admin = PgPool::connect(&pg_url()).await.unwrap();
+                sqlx::query(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                admin.close().await;
+            }
+            Self::Sqlite { pool, path } => {
+                pool.close().await;
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+        }
+    }
+}
+
+/// A transaction on either backend.
+pub enum Tx {
+    /// PostgreSQL.
+    Pg(Transaction<'static, Postgres>, Tables),
+    /// SQLite.
+    Sqlite(Transaction<'static, Sqlite>, Tables),
+}
+
+impl Tx {
+    /// Insert a business row.
+    pub async fn insert_order(&mut self, id: i64, total_cents: i64) {
+        let sql = "INSERT INTO orders (id, total_cents) VALUES ($1, $2)";
+        match self {
+            Self::Pg(tx, _) => {
+                sqlx::query(sql).bind(id).bind(total_cents).execute(&mut **tx).await.unwrap();
+            }
+            Self::Sqlite(tx, _) => {
+                sqlx::query(sql).bind(id).bind(total_cents).execute(&mut **tx).await.unwrap();
+            }
+        }
+    }
+
+    /// `outbox::enqueue` in this transaction.
+    pub async fn enqueue<E: OutboxEvent>(&mut self, event: &E) -> Uuid {
+        match self {
+            Self::Pg(tx, t) => t.enqueue(tx, event).await.unwrap(),
+            Self::Sqlite(tx, t) => t.enqueue(tx, event).await.unwrap(),
+        }
+    }
+
+    /// `outbox::enqueue_all` in this transaction.
+    pub async fn enqueue_all<E: OutboxEvent>(&mut self, events: &[E]) -> Vec<Uuid> {
+        match self {
+            Self::Pg(tx, t) => t.enqueue_all(tx, events).await.unwrap(),
+            Self::Sqlite(tx, t) => t.enqueue_all(tx, events).await.unwrap(),
+        }
+    }
+
+    /// `outbox::enqueue_raw` in this transaction.
+    pub async fn enqueue_raw(&mut self, events: &[NewEvent]) {
+        match self {
+            Self::Pg(tx, t) => t.enqueue_raw(tx, events).await.unwrap(),
+            Self::Sqlite(tx, t) => t.enqueue_raw(tx, events).await.unwrap(),
+        }
+    }
+
+    /// Commit.
+    pub async fn commit(self) {
+        match self {
+            Self::Pg(tx, _) => tx.commit().await.unwrap(),
+            Self::Sqlite(tx, _) => tx.commit().await.unwrap(),
+        }
+    }
+
+    /// Roll back.
+    pub async fn rollback(self) {
+        match self {
+            Self::Pg(tx, _) => tx.rollback().await.unwrap(),
+            Self::Sqlite(tx, _) => tx.rollback().await.unwrap(),
+        }
+    }
+}
+
+/// What a [`Recorder`] was given.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The publisher's name.
+    pub publisher: String,
+    /// The event id.
+    pub id: Uuid,
+    /// The event type.
+    pub event_type: String,
+    /// The topic.
+    pub topic: String,
+    /// The partition key.
+    pub key: Option<String>,
+    /// The payload as text.
+    pub payload: String,
+    /// Which attempt.
+    pub attempt: u32,
+    /// When it was called.
+    pub at: Instant,
+}
+
+/// How a [`Recorder`] answers one call.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// Succeed.
+    Ok,
+    /// Fail, to be retried.
+    Transient,
+    /// Fail for good.
+    Permanent,
+    /// Panic.
+    Panic,
+    /// Sleep, then succeed.
+    Sleep(Duration),
+}
+
+/// A publisher that records every call and answers from a script (then Ok).
+#[derive(Clone)]
+pub struct Recorder {
+    name: String,
+    event_types: Vec<String>,
+    calls: Arc<Mutex<Vec<Call>>>,
+    script: Arc<Mutex<VecDeque<Answer>>>,
+    always: Option<Answer>,
+}
+
+impl Recorder {
+    /// Records events of these types.
+    pub fn new(name: &str, event_types: &[&str]) -> Self {
+        Self {
+            name: name.to_owned(),
+            event_types: event_types.iter().map(|s| (*s).to_owned()).collect(),
+            calls: Arc::default(),
+            script: Arc::default(),
+            always: None,
+        }
+    }
+
+    /// Answer the next calls like this, in order; then succeed.
+    pub fn script(self, answers: impl IntoIterator<Item = Answer>) -> Self {
+        self.script.lock().unwrap().extend(answers);
+        self
+    }
+
+    /// Answer every call like this.
+    pub fn always(mut self, answer: Answer) -> Self {
+        self.always = Some(answer);
+        self
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Calls that were answered with success: the deliveries.
+    pub fn payloads(&self) -> Vec<String> {
+        self.calls().into_iter().map(|c| c.payload).collect()
+    }
+}
+
+#[async_trait]
+impl Publisher for Recorder {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn accepts(&self, event_type: &str) -> bool {
+        self.event_types.iter().any(|t| t == event_type)
+    }
+
+    async fn publish(&self, cx: &Context) -> Result<(), PublishError> {
+        let e = cx.event();
+        self.calls.lock().unwrap().push(Call {
+            publisher: self.name.clone(),
+            id: e.id,
+            event_type: e.event_type.clone(),
+            topic: e.topic.clone(),
+            key: e.partition_key.clone(),
+            payload: String::from_utf8_lossy(&e.payload).into_owned(),
+            attempt: cx.attempt(),
+            at: Instant::now(),
+        });
+        let answer = match &self.always {
+            Some(a) => a.clone(),
+            None => self.script.lock().unwrap().pop_front().unwrap_or(Answer::Ok),
+        };
+        match answer {
+            Answer::Ok => Ok(()),
+            Answer::Transient => Err(PublishError::transient("scripted transient failure")),
+            Answer::Permanent => Err(PublishError::permanent("scripted permanent failure")),
+            Answer::Panic => panic!("scripted panic in publisher {}", self.name),
+            Answer::Sleep(d) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+        }
+    }
+}

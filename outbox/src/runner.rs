@@ -283,13 +283,15 @@ impl RunnerBuilder {
         }
 
         Ok(Runner {
-            source: (self.source)(&self.tables),
-            publishers: publishers.into_iter().map(|(p, _)| p).collect(),
-            settings: self.settings,
-            states: Arc::new(self.states),
+            core: Core {
+                source: (self.source)(&self.tables),
+                publishers: publishers.into_iter().map(|(p, _)| p).collect(),
+                settings: self.settings,
+                states: Arc::new(self.states),
+                owner: Uuid::now_v7(),
+                stats: Stats::default(),
+            },
             shutdown: self.shutdown,
-            owner: Uuid::now_v7(),
-            stats: Arc::default(),
         })
     }
 }
@@ -300,13 +302,17 @@ impl RunnerBuilder {
 /// defaults. [`Runner::run`] works until shutdown; [`Runner::drain`] returns
 /// once the outbox is empty.
 pub struct Runner {
+    core: Core,
+    shutdown: Option<BoxFuture<'static, ()>>,
+}
+
+struct Core {
     source: Arc<dyn Source>,
     publishers: Vec<Arc<dyn Publisher>>,
     settings: Settings,
     states: Arc<States>,
-    shutdown: Option<BoxFuture<'static, ()>>,
     owner: Uuid,
-    stats: Arc<Stats>,
+    stats: Stats,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -340,7 +346,7 @@ impl Runner {
 
     /// This Runner's lease-holder id, as recorded on the events it claims.
     pub fn id(&self) -> Uuid {
-        self.owner
+        self.core.owner
     }
 
     /// Publish until shutdown (Ctrl-C, SIGTERM, or the future given to
@@ -364,17 +370,20 @@ impl Runner {
             signal.await;
             let _ = stop_tx.send(true);
         });
-        let span = info_span!("outbox.runner", runner = %self.owner);
-        let result = self.main_loop(mode, &mut stop).instrument(span).await;
+        let core = self.core;
+        let span = info_span!("outbox.runner", runner = %core.owner);
+        let result = core.main_loop(mode, &mut stop).instrument(span).await;
         watcher.abort();
-        result.map(|()| self.stats.report())
+        result.map(|()| core.stats.report())
     }
+}
 
+impl Core {
     async fn main_loop(&self, mode: Mode, stop: &mut watch::Receiver<bool>) -> Result<(), Error> {
         info!(publishers = self.publishers.len(), "outbox: runner started");
         let mut failures = 0u32;
         loop {
-            if *stop.borrow() {
+            if stop_requested(stop) {
                 break;
             }
             let claim = self
@@ -383,7 +392,7 @@ impl Runner {
                 .instrument(info_span!("outbox.claim", limit = self.settings.batch_size));
             let claimed = tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => break,
+                () = stopped(stop) => break,
                 claimed = claim => claimed,
             };
             match claimed {
@@ -433,7 +442,7 @@ impl Runner {
         tokio::pin!(work);
         let finished = tokio::select! {
             () = &mut work => true,
-            _ = stop.wait_for(|s| *s) => {
+            () = stopped(stop) => {
                 info!(grace = ?self.settings.grace_period, "outbox: shutting down, finishing in-flight events");
                 tokio::time::timeout(self.settings.grace_period, &mut work).await.is_ok()
             }
@@ -670,11 +679,20 @@ where
     None
 }
 
+fn stop_requested(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow()
+}
+
+/// Completes once shutdown is requested (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// Returns true when shutdown was requested before `delay` passed.
 async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         biased;
-        _ = stop.wait_for(|s| *s) => true,
+        () = stopped(stop) => true,
         () = tokio::time::sleep(delay) => false,
     }
 }

@@ -63,6 +63,18 @@ pub struct Settlement {
     pub retry: Option<(Duration, String)>,
 }
 
+impl Settlement {
+    /// Finish the event: every publisher is done with it.
+    pub fn finish(id: Uuid) -> Self {
+        Self {
+            id,
+            done: Vec::new(),
+            dead: Vec::new(),
+            retry: None,
+        }
+    }
+}
+
 /// A delivery in the dead-letter table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
