@@ -192,6 +192,10 @@ impl NewEvent {
             event_type: E::NAME,
             source,
         })?;
+        let mut headers = BTreeMap::new();
+        if let Some(hook) = HEADER_HOOK.get() {
+            hook(&mut headers);
+        }
         Ok(Self {
             id: Uuid::now_v7(),
             event_type: E::NAME.to_owned(),
@@ -199,7 +203,7 @@ impl NewEvent {
             topic: E::TOPIC.to_owned(),
             partition_key: event.partition_key(),
             payload,
-            headers: BTreeMap::new(),
+            headers,
         })
     }
 
@@ -230,6 +234,17 @@ impl NewEvent {
     pub(crate) fn headers_json(&self) -> String {
         serde_json::to_string(&self.headers).unwrap_or_else(|_| "{}".to_owned())
     }
+}
+
+static HEADER_HOOK: std::sync::OnceLock<fn(&mut BTreeMap<String, String>)> =
+    std::sync::OnceLock::new();
+
+/// Install a function that adds headers to every typed event at enqueue
+/// time, such as the W3C `traceparent` of the current trace (for example
+/// with an OpenTelemetry propagator). Broker publishers pass stored headers
+/// on. Returns false when a hook was installed already.
+pub fn set_header_hook(hook: fn(&mut BTreeMap<String, String>)) -> bool {
+    HEADER_HOOK.set(hook).is_ok()
 }
 
 pub(crate) fn parse_headers(json: &str) -> BTreeMap<String, String> {

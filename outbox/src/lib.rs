@@ -76,12 +76,15 @@
 //!
 //! - `sqlite` (default): the embedded SQLite store.
 //! - `postgres`: the PostgreSQL store.
+//! - `nats`, `rabbitmq`, `redis`, `mqtt`, `http`: built-in broker publishers.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[allow(unused_extern_crates)]
 extern crate self as outbox;
 
+#[cfg(feature = "_brokers")]
+pub mod brokers;
 mod error;
 mod event;
 mod publisher;
@@ -92,6 +95,7 @@ mod tables;
 pub use error::{BoxError, DecodeError, Error, FailureKind, PublishError};
 pub use event::{
     EventTypeInfo, NewEvent, OutboxEvent, PartitionKey, StorageBox, registered_event_types,
+    set_header_hook,
 };
 pub use outbox_derive::{OutboxEvent, publisher};
 pub use publisher::{
