@@ -2,6 +2,8 @@
 //! a database per test on either backend, and scriptable recording
 //! publishers.
 
+pub mod proxy;
+
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
