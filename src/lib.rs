@@ -2,6 +2,7 @@
 //! a database per test on either backend, and scriptable recording
 //! publishers.
 
+pub mod checker;
 pub mod proxy;
 
 use std::collections::VecDeque;

@@ -107,6 +107,17 @@ pub use store::{
     Backend, ClaimedEvent, DeadLetter, Failure, Headers, Settlement, Source, source,
 };
 pub use tables::Tables;
+
+#[cfg(feature = "http")]
+pub use brokers::http;
+#[cfg(feature = "mqtt")]
+pub use brokers::mqtt;
+#[cfg(feature = "nats")]
+pub use brokers::nats;
+#[cfg(feature = "rabbitmq")]
+pub use brokers::rabbitmq;
+#[cfg(feature = "redis")]
+pub use brokers::redis;
 pub use uuid::Uuid;
 
 /// Enqueue one event in the caller's transaction, in the default tables.

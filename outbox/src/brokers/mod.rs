@@ -2,6 +2,17 @@
 //! forwarder takes, where each one goes, and the metadata every message
 //! carries.
 
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
+#[cfg(feature = "redis")]
+pub mod redis;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;

@@ -11,6 +11,8 @@ use uuid::Uuid;
 use crate::event::{NewEvent, StorageBox};
 use crate::{Error, Tables};
 
+#[cfg(feature = "mysql")]
+pub(crate) mod mysql;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
@@ -160,6 +162,8 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
     fn __source(pool: sqlx::Pool<Self>, tables: &Tables) -> Arc<dyn Source>;
 }
 
+#[cfg(feature = "mysql")]
+impl sealed::Sealed for sqlx::MySql {}
 #[cfg(feature = "postgres")]
 impl sealed::Sealed for sqlx::Postgres {}
 #[cfg(feature = "sqlite")]
