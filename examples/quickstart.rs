@@ -50,7 +50,10 @@ pub struct AuditLog {
 async fn audit(event: OrderPlaced, log: State<AuditLog>) -> anyhow::Result<()> {
     let line = format!("order {} placed", event.order_id);
     println!("audit:   {line}");
-    log.lines.lock().map_err(|_| anyhow::anyhow!("audit log poisoned"))?.push(line);
+    log.lines
+        .lock()
+        .map_err(|_| anyhow::anyhow!("audit log poisoned"))?
+        .push(line);
     Ok(())
 }
 
@@ -82,9 +85,11 @@ async fn main() -> anyhow::Result<()> {
     println!("database: {}", path.display());
 
     outbox::migrate(&pool).await?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, total_cents INTEGER NOT NULL)")
-        .execute(&pool)
-        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, total_cents INTEGER NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
 
     // Write side: the order row and its event commit together, or not at all.
     for (id, total) in [(1_i64, 1299_i64), (2, 4500), (3, 99)] {
@@ -94,7 +99,14 @@ async fn main() -> anyhow::Result<()> {
             .bind(total)
             .execute(&mut *tx)
             .await?;
-        outbox::enqueue(&mut tx, &OrderPlaced { order_id: id, total_cents: total }).await?;
+        outbox::enqueue(
+            &mut tx,
+            &OrderPlaced {
+                order_id: id,
+                total_cents: total,
+            },
+        )
+        .await?;
         tx.commit().await?;
     }
 
@@ -102,7 +114,14 @@ async fn main() -> anyhow::Result<()> {
     sqlx::query("INSERT INTO orders (id, total_cents) VALUES (4, 100)")
         .execute(&mut *tx)
         .await?;
-    outbox::enqueue(&mut tx, &OrderPlaced { order_id: 4, total_cents: 100 }).await?;
+    outbox::enqueue(
+        &mut tx,
+        &OrderPlaced {
+            order_id: 4,
+            total_cents: 100,
+        },
+    )
+    .await?;
     tx.rollback().await?;
     println!("order 4 rolled back: its event will never be published");
 

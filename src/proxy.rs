@@ -28,7 +28,10 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Listen on a free loopback port and forward to `upstream`.
     pub async fn start(upstream: SocketAddr) -> Self {
-        assert!(upstream.ip().is_loopback(), "the fault proxy only forwards to loopback");
+        assert!(
+            upstream.ip().is_loopback(),
+            "the fault proxy only forwards to loopback"
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, _) = watch::channel(0u64);
@@ -40,14 +43,18 @@ impl FaultProxy {
         let shared = faults.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { continue };
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
                 if shared.refuse.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
                 }
                 let faults = shared.clone();
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else { return };
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
                     let mut cut = faults.cut.subscribe();

@@ -55,14 +55,20 @@ impl<T> Once<T> {
 /// Parse `name = "..."` as a non-empty string.
 pub(crate) fn string(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<String> {
     let lit: syn::LitStr = meta.value()?.parse().map_err(|e| {
-        syn::Error::new(e.span(), "expected a string literal, e.g. `name = \"order.placed\"`")
+        syn::Error::new(
+            e.span(),
+            "expected a string literal, e.g. `name = \"order.placed\"`",
+        )
     })?;
     let value = lit.value();
     if value.trim().is_empty() {
         return Err(syn::Error::new(lit.span(), "must not be empty"));
     }
     if value.len() > 200 {
-        return Err(syn::Error::new(lit.span(), "must be at most 200 bytes long"));
+        return Err(syn::Error::new(
+            lit.span(),
+            "must be at most 200 bytes long",
+        ));
     }
     Ok(value)
 }

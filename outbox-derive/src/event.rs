@@ -78,14 +78,18 @@ pub(crate) fn expand(input: DeriveInput) -> TokenStream {
     let key_expr = match attrs.key.get() {
         None => quote!(::core::option::Option::None),
         Some((member, span)) => match check_key(&input, member, *span, &mut errors) {
-            Some(field_ty_span) => quote_spanned! {field_ty_span=>
-                ::outbox::__private::partition_key(&self.#member)
+            Some(field_ty) => quote_spanned! {field_ty.span()=>
+                ::outbox::__private::partition_key::<#field_ty>(&self.#member)
             },
             None => quote!(::core::option::Option::None),
         },
     };
 
-    let name = attrs.name.get().cloned().unwrap_or_else(|| ident.to_string());
+    let name = attrs
+        .name
+        .get()
+        .cloned()
+        .unwrap_or_else(|| ident.to_string());
     let topic = attrs.topic.get().cloned().unwrap_or_else(|| name.clone());
     let version = attrs.version.get().copied().unwrap_or(1);
     let rust_type = ident.to_string();
@@ -126,9 +130,13 @@ pub(crate) fn expand(input: DeriveInput) -> TokenStream {
     }
 }
 
-/// Check that `key` names a field; returns the span to blame for a field type
-/// that cannot be a key.
-fn check_key(input: &DeriveInput, member: &Member, span: Span, errors: &mut Errors) -> Option<Span> {
+/// Check that `key` names a field; returns the field's type.
+fn check_key<'a>(
+    input: &'a DeriveInput,
+    member: &Member,
+    span: Span,
+    errors: &mut Errors,
+) -> Option<&'a syn::Type> {
     let fields = match &input.data {
         Data::Struct(s) => &s.fields,
         Data::Enum(_) => {
@@ -141,22 +149,27 @@ fn check_key(input: &DeriveInput, member: &Member, span: Span, errors: &mut Erro
         Data::Union(_) => return None,
     };
     let found = match (fields, member) {
-        (Fields::Named(named), Member::Named(wanted)) => {
-            named.named.iter().find(|f| f.ident.as_ref() == Some(wanted))
-        }
+        (Fields::Named(named), Member::Named(wanted)) => named
+            .named
+            .iter()
+            .find(|f| f.ident.as_ref() == Some(wanted)),
         (Fields::Unnamed(unnamed), Member::Unnamed(index)) => {
             unnamed.unnamed.iter().nth(index.index as usize)
         }
         _ => None,
     };
     match found {
-        Some(field) => Some(field.ty.span()),
+        Some(field) => Some(&field.ty),
         None => {
             let ident = &input.ident;
             let available: Vec<String> = fields
                 .iter()
                 .enumerate()
-                .map(|(i, f)| f.ident.as_ref().map_or_else(|| i.to_string(), ToString::to_string))
+                .map(|(i, f)| {
+                    f.ident
+                        .as_ref()
+                        .map_or_else(|| i.to_string(), ToString::to_string)
+                })
                 .collect();
             let shown = match member {
                 Member::Named(n) => n.to_string(),
@@ -167,7 +180,10 @@ fn check_key(input: &DeriveInput, member: &Member, span: Span, errors: &mut Erro
             } else {
                 format!("its fields are: {}", available.join(", "))
             };
-            errors.at(span, format_args!("`key = {shown}`: `{ident}` has no field `{shown}`; {hint}"));
+            errors.at(
+                span,
+                format_args!("`key = {shown}`: `{ident}` has no field `{shown}`; {hint}"),
+            );
             None
         }
     }

@@ -35,7 +35,10 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
                 proc_macro2::Span::call_site(),
                 "#[publisher] goes on an `async fn`, e.g. `#[publisher] async fn notify(event: OrderPlaced) -> anyhow::Result<()>`",
             );
-            return quote!(#item).into_iter().chain(e.to_compile_error()).collect();
+            return quote!(#item)
+                .into_iter()
+                .chain(e.to_compile_error())
+                .collect();
         }
     };
     let generated = generate(&func, name.get().cloned(), &mut errors);

@@ -103,9 +103,7 @@ pub use publisher::{
     StateRequirement, publisher_fn, registered_publishers,
 };
 pub use runner::{RunReport, Runner, RunnerBuilder};
-pub use store::{
-    Backend, ClaimedEvent, DeadLetter, Failure, Headers, Settlement, Source, source,
-};
+pub use store::{Backend, ClaimedEvent, DeadLetter, Failure, Headers, Settlement, Source, source};
 pub use tables::Tables;
 
 #[cfg(feature = "http")]
@@ -226,7 +224,9 @@ pub mod __private {
 
     pub use crate::event::EventTypeInfo;
     pub use crate::publisher::PublisherRegistration;
-    use crate::{Context, OutboxEvent, PartitionKey, PublishError, PublisherOutput, StateRequirement};
+    use crate::{
+        Context, OutboxEvent, PartitionKey, PublishError, PublisherOutput, StateRequirement,
+    };
 
     pub fn decode<E: OutboxEvent>(cx: &Context) -> Result<E, PublishError> {
         cx.decode::<E>()

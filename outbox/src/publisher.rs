@@ -114,7 +114,9 @@ pub struct Context {
 
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Context").field("event", &self.event).finish()
+        f.debug_struct("Context")
+            .field("event", &self.event)
+            .finish()
     }
 }
 

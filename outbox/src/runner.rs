@@ -265,7 +265,11 @@ impl RunnerBuilder {
                 if publisher.accepts(info.name) {
                     any = true;
                     wired.insert(publisher.name().to_owned());
-                    info!(event = info.name, publisher = publisher.name(), "outbox: wired");
+                    info!(
+                        event = info.name,
+                        publisher = publisher.name(),
+                        "outbox: wired"
+                    );
                 }
             }
             if !any {
@@ -364,7 +368,10 @@ impl Runner {
     }
 
     async fn run_mode(mut self, mode: Mode) -> Result<RunReport, Error> {
-        let signal = self.shutdown.take().unwrap_or_else(|| Box::pin(default_signal()));
+        let signal = self
+            .shutdown
+            .take()
+            .unwrap_or_else(|| Box::pin(default_signal()));
         let (stop_tx, mut stop) = watch::channel(false);
         let watcher = tokio::spawn(async move {
             signal.await;
@@ -398,7 +405,11 @@ impl Core {
             match claimed {
                 Err(e) => {
                     failures += 1;
-                    let delay = backoff(failures, Duration::from_millis(100), Duration::from_secs(30));
+                    let delay = backoff(
+                        failures,
+                        Duration::from_millis(100),
+                        Duration::from_secs(30),
+                    );
                     warn!(error = %e, retry_in = ?delay, "outbox: claim failed");
                     if sleep_or_stop(delay, stop).await {
                         break;
@@ -459,10 +470,15 @@ impl Core {
                 .filter(|id| !delivered.contains(id))
                 .collect();
             if !left.is_empty() {
-                warn!(events = left.len(), "outbox: grace period over, releasing unfinished events");
+                warn!(
+                    events = left.len(),
+                    "outbox: grace period over, releasing unfinished events"
+                );
                 let released = persist("release", || self.source.release(self.owner, &left)).await;
                 if released.is_none() {
-                    warn!("outbox: could not release events; they become due again when their lease expires");
+                    warn!(
+                        "outbox: could not release events; they become due again when their lease expires"
+                    );
                 }
             }
         }
@@ -558,7 +574,10 @@ impl Core {
                     done.push(name);
                 }
             } else {
-                let requested = transient.iter().filter_map(|(_, e)| e.requested_delay()).max();
+                let requested = transient
+                    .iter()
+                    .filter_map(|(_, e)| e.requested_delay())
+                    .max();
                 let delay = backoff(
                     event.attempt,
                     self.settings.backoff_initial,
@@ -591,7 +610,8 @@ impl Core {
             dead,
             retry,
         };
-        let span = info_span!("outbox.settle", event_id = %event.id, event_type = %event.event_type);
+        let span =
+            info_span!("outbox.settle", event_id = %event.id, event_type = %event.event_type);
         match persist("settle", || self.source.settle(self.owner, &settlement))
             .instrument(span)
             .await
@@ -601,13 +621,21 @@ impl Core {
                     .dead_lettered
                     .fetch_add(dead_count, Ordering::Relaxed);
             }
-            Some(false) => warn!(event_id = %event.id, "outbox: lease lost before the outcome was recorded; another Runner owns the event now"),
-            None => error!(event_id = %event.id, "outbox: could not record the outcome; the event becomes due again when its lease expires"),
+            Some(false) => {
+                warn!(event_id = %event.id, "outbox: lease lost before the outcome was recorded; another Runner owns the event now")
+            }
+            None => {
+                error!(event_id = %event.id, "outbox: could not record the outcome; the event becomes due again when its lease expires")
+            }
         }
         lock(unfinished).remove(&event.id);
     }
 
-    async fn call(&self, publisher: &Arc<dyn Publisher>, event: &Arc<crate::StorageBox>) -> Result<(), PublishError> {
+    async fn call(
+        &self,
+        publisher: &Arc<dyn Publisher>,
+        event: &Arc<crate::StorageBox>,
+    ) -> Result<(), PublishError> {
         let span = info_span!(
             "outbox.publish",
             event_id = %event.id,

@@ -136,9 +136,21 @@ mod tests {
             &"a".repeat(MAX_IDENT_LEN + 1),
         ] {
             let err = Tables::new(bad).unwrap_err();
-            assert!(matches!(err, Error::InvalidIdentifier { what: "table prefix", .. }), "{bad:?}");
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidIdentifier {
+                        what: "table prefix",
+                        ..
+                    }
+                ),
+                "{bad:?}"
+            );
             let err = Tables::default().schema(bad).unwrap_err();
-            assert!(matches!(err, Error::InvalidIdentifier { what: "schema", .. }), "{bad:?}");
+            assert!(
+                matches!(err, Error::InvalidIdentifier { what: "schema", .. }),
+                "{bad:?}"
+            );
         }
     }
 

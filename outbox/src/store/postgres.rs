@@ -212,7 +212,10 @@ impl Source for PgSource {
     }
 
     async fn pending(&self) -> Result<u64, Error> {
-        let n: i64 = q(&self.sql.pending).fetch_one(&self.pool).await?.try_get(0)?;
+        let n: i64 = q(&self.sql.pending)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -263,7 +266,11 @@ impl Source for PgSource {
     }
 }
 
-async fn enqueue(conn: &mut PgConnection, tables: &Tables, events: &[NewEvent]) -> Result<(), Error> {
+async fn enqueue(
+    conn: &mut PgConnection,
+    tables: &Tables,
+    events: &[NewEvent],
+) -> Result<(), Error> {
     let ev = tables.qualified("events");
     match events {
         [] => {}

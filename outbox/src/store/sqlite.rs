@@ -224,7 +224,10 @@ impl Source for SqliteSource {
     }
 
     async fn pending(&self) -> Result<u64, Error> {
-        let n: i64 = q(&self.sql.pending).fetch_one(&self.pool).await?.try_get(0)?;
+        let n: i64 = q(&self.sql.pending)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 

@@ -1,0 +1,8 @@
+use outbox::publisher;
+
+#[publisher]
+async fn notify() -> anyhow::Result<()> {
+    Ok(())
+}
+
+fn main() {}
