@@ -102,7 +102,7 @@ pub use publisher::{
     Context, FromContext, Publisher, PublisherOutput, PublisherRegistration, State,
     StateRequirement, publisher_fn, registered_publishers,
 };
-pub use runner::{RunReport, Runner, RunnerBuilder};
+pub use runner::{KeyPolicy, RunReport, Runner, RunnerBuilder};
 pub use store::{Backend, ClaimedEvent, DeadLetter, Failure, Headers, Settlement, Source, source};
 pub use tables::Tables;
 

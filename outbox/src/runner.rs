@@ -60,7 +60,30 @@ struct Settings {
     backoff_max: Duration,
     publish_timeout: Duration,
     grace_period: Duration,
+    listen: bool,
+    key_policy: KeyPolicy,
+    dead_letter_retention: Option<Duration>,
 }
+
+/// What happens to a partition key when one of its events is dead-lettered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyPolicy {
+    /// The dead-lettered event leaves the outbox and the key's next event
+    /// goes on (the default): one poisoned event does not stop a key for
+    /// good, at the price of a gap in that key's order, which the dead
+    /// letter records.
+    #[default]
+    Skip,
+    /// The key stops: the event stays in the outbox, never due, and no later
+    /// event of its key is published until an operator retries its dead
+    /// letter (it goes first, in its original place) or purges it (the key
+    /// moves on). For consumers that must never see a gap.
+    Block,
+}
+
+/// Marks, in an event's `done` list, that a delivery of it was dead-lettered.
+const DEAD_MARK: &str = "\u{1}dead-lettered";
 
 impl Default for Settings {
     fn default() -> Self {
@@ -74,6 +97,9 @@ impl Default for Settings {
             backoff_max: Duration::from_secs(600),
             publish_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(10),
+            listen: true,
+            key_policy: KeyPolicy::Skip,
+            dead_letter_retention: None,
         }
     }
 }
@@ -173,8 +199,15 @@ impl RunnerBuilder {
         lease: Duration
     );
     setter!(
-        /// How often an idle Runner looks for due events (default 250 ms).
+        /// How often an idle Runner looks for due events (default 250 ms),
+        /// also when it listens for wake-ups.
         poll_interval: Duration
+    );
+    setter!(
+        /// Wake up on the database's notifications (default true; PostgreSQL
+        /// LISTEN/NOTIFY). Set false for poll-only mode, for example behind a
+        /// connection pooler in transaction mode, where LISTEN does not work.
+        listen: bool
     );
     setter!(
         /// How long one publisher call may take before it counts as a
@@ -186,6 +219,20 @@ impl RunnerBuilder {
         /// they are released for another Runner (default 10 s).
         grace_period: Duration
     );
+
+    /// What a dead letter does to its partition key (default
+    /// [`KeyPolicy::Skip`]).
+    pub fn key_policy(mut self, policy: KeyPolicy) -> Self {
+        self.settings.key_policy = policy;
+        self
+    }
+
+    /// Delete dead letters older than this (checked every minute). By
+    /// default they are kept until purged.
+    pub fn dead_letter_retention(mut self, retention: Duration) -> Self {
+        self.settings.dead_letter_retention = Some(retention);
+        self
+    }
 
     /// Retry delays: `initial` after the first failure, doubling up to
     /// `max`, each with jitter (defaults 1 s and 10 min).
@@ -389,9 +436,15 @@ impl Core {
     async fn main_loop(&self, mode: Mode, stop: &mut watch::Receiver<bool>) -> Result<(), Error> {
         info!(publishers = self.publishers.len(), "outbox: runner started");
         let mut failures = 0u32;
+        let mut housekeeping = tokio::time::Instant::now();
+        self.housekeeping().await;
         loop {
             if stop_requested(stop) {
                 break;
+            }
+            if housekeeping.elapsed() >= Duration::from_secs(60) {
+                housekeeping = tokio::time::Instant::now();
+                self.housekeeping().await;
             }
             let claim = self
                 .source
@@ -424,7 +477,7 @@ impl Core {
                             Err(e) => warn!(error = %e, "outbox: counting pending events failed"),
                         }
                     }
-                    if sleep_or_stop(self.settings.poll_interval, stop).await {
+                    if self.idle(stop).await {
                         break;
                     }
                 }
@@ -437,6 +490,32 @@ impl Core {
         }
         info!("outbox: runner stopped");
         Ok(())
+    }
+
+    async fn housekeeping(&self) {
+        let Some(retention) = self.settings.dead_letter_retention else {
+            return;
+        };
+        let before = std::time::SystemTime::now()
+            .checked_sub(retention)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        match self.source.purge_dead_letters(before).await {
+            Ok(0) => {}
+            Ok(n) => info!(purged = n, "outbox: purged dead letters past their retention"),
+            Err(e) => warn!(error = %e, "outbox: purging old dead letters failed"),
+        }
+    }
+
+    /// Wait for a wake-up or the poll interval; true when shutdown was asked.
+    async fn idle(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        if !self.settings.listen {
+            return sleep_or_stop(self.settings.poll_interval, stop).await;
+        }
+        tokio::select! {
+            biased;
+            () = stopped(stop) => true,
+            () = self.source.wait_for_events(self.settings.poll_interval) => false,
+        }
     }
 
     async fn process_batch(&self, batch: Vec<ClaimedEvent>, stop: &mut watch::Receiver<bool>) {
@@ -556,6 +635,7 @@ impl Core {
                         error: e.to_string(),
                     });
                     done.push(name);
+                    mark_dead(&mut done);
                 }
                 Err(e) => transient.push((name, e)),
             }
@@ -572,6 +652,7 @@ impl Core {
                         error: format!("gave up after {} attempts: {e}", event.attempt),
                     });
                     done.push(name);
+                    mark_dead(&mut done);
                 }
             } else {
                 let requested = transient
@@ -599,7 +680,11 @@ impl Core {
             }
         }
 
-        if dead.is_empty() && retry.is_none() {
+        let park = self.settings.key_policy == KeyPolicy::Block
+            && event.partition_key.is_some()
+            && retry.is_none()
+            && done.iter().any(|d| d == DEAD_MARK);
+        if dead.is_empty() && retry.is_none() && !park {
             lock(delivered).push(event.id);
             return;
         }
@@ -609,6 +694,7 @@ impl Core {
             done,
             dead,
             retry,
+            park,
         };
         let span =
             info_span!("outbox.settle", event_id = %event.id, event_type = %event.event_type);
@@ -659,6 +745,12 @@ impl Core {
                 self.settings.publish_timeout
             ))),
         }
+    }
+}
+
+fn mark_dead(done: &mut Vec<String>) {
+    if !done.iter().any(|d| d == DEAD_MARK) {
+        done.push(DEAD_MARK.to_owned());
     }
 }
 

@@ -63,6 +63,10 @@ pub struct Settlement {
     /// `Some`: try the remaining publishers again after this delay, recording
     /// this error. `None`: the event is finished; delete it.
     pub retry: Option<(Duration, String)>,
+    /// With `retry: None` and dead letters: keep the event in the outbox,
+    /// never due, so that its partition key stays blocked until an operator
+    /// retries or purges the dead letter ([`KeyPolicy::Block`](crate::KeyPolicy::Block)).
+    pub park: bool,
 }
 
 impl Settlement {
@@ -73,6 +77,7 @@ impl Settlement {
             done: Vec::new(),
             dead: Vec::new(),
             retry: None,
+            park: false,
         }
     }
 }
@@ -123,18 +128,30 @@ pub trait Source: Send + Sync + 'static {
     /// Give events back unfinished (on shutdown), due at once.
     async fn release(&self, owner: Uuid, ids: &[Uuid]) -> Result<u64, Error>;
 
-    /// How many events are in the outbox, due or not.
+    /// How many events are in the outbox, due or not (parked events, which
+    /// wait for an operator, are not counted).
     async fn pending(&self) -> Result<u64, Error>;
+
+    /// Wait until new events may have been committed, or `timeout` passed.
+    /// Returning early is always allowed: the Runner then claims at once.
+    ///
+    /// The default sleeps; PostgreSQL listens for the outbox's notifications.
+    async fn wait_for_events(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+    }
 
     /// List dead letters, oldest first.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error>;
 
     /// Put dead-lettered deliveries of these events (all when `None`) back
-    /// into the outbox, for the publishers that failed. An event that is
-    /// still in the outbox is left alone. Returns the number of events requeued.
+    /// into the outbox, for the publishers that failed, with their original
+    /// ids (so they stay at the head of their key). An event that is still in
+    /// the outbox (not parked) is left alone. Returns the number of events
+    /// requeued.
     async fn retry_dead_letters(&self, event_ids: Option<&[Uuid]>) -> Result<u64, Error>;
 
-    /// Delete dead letters that failed before `before`. Returns how many.
+    /// Delete dead letters that failed before `before`, and the parked events
+    /// they held back (their keys move on). Returns how many dead letters.
     async fn purge_dead_letters(&self, before: SystemTime) -> Result<u64, Error>;
 }
 

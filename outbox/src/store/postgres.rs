@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
-use sqlx::postgres::{PgPool, PgRow};
+use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
@@ -26,6 +26,9 @@ struct Sql {
     ack: Arc<str>,
     retry: Arc<str>,
     delete_one: Arc<str>,
+    park: Arc<str>,
+    unpark: Arc<str>,
+    drop_parked: Arc<str>,
     dead: Arc<str>,
     release: Arc<str>,
     pending: Arc<str>,
@@ -65,6 +68,22 @@ impl Sql {
             )
             .into(),
             delete_one: format!("DELETE FROM {ev} WHERE id = $1 AND lease_owner = $2").into(),
+            park: format!(
+                "UPDATE {ev} SET due_at = 'infinity', done = $3, last_error = $4, \
+                   lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $1 AND lease_owner = $2"
+            )
+            .into(),
+            unpark: format!(
+                "DELETE FROM {ev} WHERE due_at = 'infinity' AND id IN ( \
+                   SELECT event_id FROM {dl} WHERE $1::uuid[] IS NULL OR event_id = ANY($1))"
+            )
+            .into(),
+            drop_parked: format!(
+                "DELETE FROM {ev} WHERE due_at = 'infinity' AND id IN ( \
+                   SELECT event_id FROM {dl} WHERE failed_at < to_timestamp($1::float8 / 1000.0))"
+            )
+            .into(),
             dead: format!(
                 "INSERT INTO {dl} (event_id, publisher, event_type, version, topic, partition_key, \
                    payload, headers, created_at, attempts, error) \
@@ -82,7 +101,7 @@ impl Sql {
                  WHERE id = ANY($1) AND lease_owner = $2"
             )
             .into(),
-            pending: format!("SELECT count(*) FROM {ev}").into(),
+            pending: format!("SELECT count(*) FROM {ev} WHERE due_at < 'infinity'").into(),
             list_dead: format!(
                 "SELECT event_id, event_type, version, topic, partition_key, payload, headers::text, \
                    (extract(epoch from created_at) * 1000)::int8, attempts, publisher, error, \
@@ -118,6 +137,29 @@ impl Sql {
 pub(crate) struct PgSource {
     pool: PgPool,
     sql: Sql,
+    channel: String,
+    listener: tokio::sync::Mutex<Option<PgListener>>,
+}
+
+/// The NOTIFY channel of these tables: readable when it fits PostgreSQL's
+/// 63-byte limit, a hash otherwise.
+pub(crate) fn channel(tables: &Tables) -> String {
+    let name = format!(
+        "outbox.{}.{}",
+        tables.schema_name().unwrap_or(""),
+        tables.prefix()
+    );
+    if name.len() <= 63 {
+        name
+    } else {
+        format!("outbox.{:016x}", fnv1a(name.as_bytes()))
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn claimed(row: &PgRow) -> Result<ClaimedEvent, sqlx::Error> {
@@ -185,6 +227,21 @@ impl Source for PgSource {
                     .execute(&mut *tx)
                     .await?
             }
+            None if s.park => {
+                let error = s
+                    .dead
+                    .iter()
+                    .map(|f| format!("{}: {}", f.publisher, f.error))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                q(&self.sql.park)
+                    .bind(s.id)
+                    .bind(owner)
+                    .bind(&s.done)
+                    .bind(error)
+                    .execute(&mut *tx)
+                    .await?
+            }
             None => {
                 q(&self.sql.delete_one)
                     .bind(s.id)
@@ -219,6 +276,42 @@ impl Source for PgSource {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn wait_for_events(&self, timeout: Duration) {
+        let mut guard = self.listener.lock().await;
+        let Some(listener) = guard.as_mut() else {
+            match PgListener::connect_with(&self.pool).await {
+                Ok(mut listener) => match listener.listen(&self.channel).await {
+                    Ok(()) => {
+                        tracing::debug!(channel = %self.channel, "outbox: listening");
+                        *guard = Some(listener);
+                        // Notifications sent while nobody listened are lost:
+                        // claim at once.
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox: LISTEN failed; polling");
+                        drop(guard);
+                        tokio::time::sleep(timeout).await;
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "outbox: cannot open the listener connection; polling");
+                    drop(guard);
+                    tokio::time::sleep(timeout).await;
+                }
+            }
+            return;
+        };
+        match tokio::time::timeout(timeout, listener.try_recv()).await {
+            Err(_elapsed) => {}
+            Ok(Ok(Some(_))) => while listener.next_buffered().is_some() {},
+            Ok(Ok(None)) => tracing::info!("outbox: listener reconnected; claiming at once"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "outbox: listener failed; it reconnects on the next wait");
+                *guard = None;
+            }
+        }
+    }
+
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error> {
         let rows = q(&self.sql.list_dead)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -249,19 +342,23 @@ impl Source for PgSource {
     }
 
     async fn retry_dead_letters(&self, event_ids: Option<&[Uuid]>) -> Result<u64, Error> {
+        let mut tx = self.pool.begin().await?;
+        q(&self.sql.unpark).bind(event_ids).execute(&mut *tx).await?;
         let n: i64 = q(&self.sql.retry_dead)
             .bind(event_ids)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
+        tx.commit().await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn purge_dead_letters(&self, before: SystemTime) -> Result<u64, Error> {
-        let done = q(&self.sql.purge_dead)
-            .bind(millis_since_epoch(before) as f64)
-            .execute(&self.pool)
-            .await?;
+        let before = millis_since_epoch(before) as f64;
+        let mut tx = self.pool.begin().await?;
+        q(&self.sql.drop_parked).bind(before).execute(&mut *tx).await?;
+        let done = q(&self.sql.purge_dead).bind(before).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 }
@@ -379,6 +476,33 @@ async fn migrate(pool: &PgPool, tables: &Tables) -> Result<(), Error> {
     statements.push(format!(
         "CREATE INDEX IF NOT EXISTS {dl_idx} ON {dl} (failed_at)"
     ));
+    // Wake-up: a NOTIFY on commit, with no event data. A NOTIFY makes its
+    // transaction's commit take a global lock, which serialises committing
+    // writers; so at most one committing transaction at a time sends it
+    // (the others skip: the Runner claims again right after a batch, and
+    // polls). The trigger is deferred to commit time, so a long transaction
+    // holds the lock only while it commits.
+    let channel = channel(tables);
+    let lock_key = i64::from_ne_bytes(fnv1a(channel.as_bytes()).to_ne_bytes());
+    let notify_fn = match tables.quoted_schema() {
+        Some(schema) => format!("{schema}.{}", tables.index_name("events_notify")),
+        None => tables.index_name("events_notify"),
+    };
+    let trigger = tables.index_name("events_notify");
+    statements.push(format!(
+        "CREATE OR REPLACE FUNCTION {notify_fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$ \
+         BEGIN \
+           IF pg_try_advisory_xact_lock({lock_key}) THEN \
+             PERFORM pg_notify('{channel}', ''); \
+           END IF; \
+           RETURN NULL; \
+         END $fn$"
+    ));
+    statements.push(format!("DROP TRIGGER IF EXISTS {trigger} ON {ev}"));
+    statements.push(format!(
+        "CREATE CONSTRAINT TRIGGER {trigger} AFTER INSERT ON {ev} \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {notify_fn}()"
+    ));
 
     let mut tx = pool.begin().await?;
     // Serialise concurrent migrations of the same tables: CREATE ... IF NOT
@@ -414,6 +538,8 @@ impl Backend for Postgres {
         Arc::new(PgSource {
             pool,
             sql: Sql::new(tables),
+            channel: channel(tables),
+            listener: tokio::sync::Mutex::new(None),
         })
     }
 }

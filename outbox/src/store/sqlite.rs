@@ -18,6 +18,9 @@ use super::{
 use crate::event::NewEvent;
 use crate::{Error, Tables};
 
+/// `due_at` of a parked event: never due.
+const PARKED: i64 = i64::MAX;
+
 /// Milliseconds since the Unix epoch on the database's clock.
 const NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
@@ -30,6 +33,9 @@ struct Sql {
     ack: Arc<str>,
     retry: Arc<str>,
     delete_one: Arc<str>,
+    park: Arc<str>,
+    unpark: Arc<str>,
+    drop_parked: Arc<str>,
     dead: Arc<str>,
     release: Arc<str>,
     pending: Arc<str>,
@@ -69,6 +75,18 @@ impl Sql {
             )
             .into(),
             delete_one: format!("DELETE FROM {ev} WHERE id = ?1 AND lease_owner = ?2").into(),
+            park: format!(
+                "UPDATE {ev} SET due_at = {PARKED}, done = ?3, last_error = ?4, \
+                   lease_owner = NULL, lease_until = NULL \
+                 WHERE id = ?1 AND lease_owner = ?2"
+            )
+            .into(),
+            unpark: format!("DELETE FROM {ev} WHERE due_at = {PARKED} AND id = ?1").into(),
+            drop_parked: format!(
+                "DELETE FROM {ev} WHERE due_at = {PARKED} AND id IN ( \
+                   SELECT event_id FROM {dl} WHERE failed_at < ?1)"
+            )
+            .into(),
             dead: format!(
                 "INSERT INTO {dl} (event_id, publisher, event_type, version, topic, partition_key, \
                    payload, headers, created_at, attempts, error, failed_at) \
@@ -85,7 +103,7 @@ impl Sql {
                  WHERE lease_owner = ?1 AND id IN (SELECT value FROM json_each(?2))"
             )
             .into(),
-            pending: format!("SELECT count(*) FROM {ev}").into(),
+            pending: format!("SELECT count(*) FROM {ev} WHERE due_at < {PARKED}").into(),
             list_dead: format!(
                 "SELECT event_id, event_type, version, topic, partition_key, payload, headers, \
                    created_at, attempts, publisher, error, failed_at \
@@ -197,6 +215,21 @@ impl Source for SqliteSource {
                     .execute(&mut *tx)
                     .await?
             }
+            None if s.park => {
+                let error = s
+                    .dead
+                    .iter()
+                    .map(|f| format!("{}: {}", f.publisher, f.error))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                q(&self.sql.park)
+                    .bind(&id)
+                    .bind(&owner)
+                    .bind(json_list(&s.done))
+                    .bind(error)
+                    .execute(&mut *tx)
+                    .await?
+            }
             None => {
                 q(&self.sql.delete_one)
                     .bind(&id)
@@ -262,6 +295,7 @@ impl Source for SqliteSource {
             .collect::<Result<_, _>>()?;
         let mut requeued = 0;
         for id in ids {
+            q(&self.sql.unpark).bind(&id).execute(&mut *tx).await?;
             let inserted = q(&self.sql.requeue_dead)
                 .bind(&id)
                 .execute(&mut *tx)
@@ -277,10 +311,11 @@ impl Source for SqliteSource {
     }
 
     async fn purge_dead_letters(&self, before: SystemTime) -> Result<u64, Error> {
-        let done = q(&self.sql.purge_dead)
-            .bind(millis_since_epoch(before))
-            .execute(&self.pool)
-            .await?;
+        let before = millis_since_epoch(before);
+        let mut tx = self.pool.begin().await?;
+        q(&self.sql.drop_parked).bind(before).execute(&mut *tx).await?;
+        let done = q(&self.sql.purge_dead).bind(before).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 }
