@@ -60,6 +60,18 @@ pub enum Error {
         state: &'static str,
     },
 
+    /// The database server is too old for the outbox store: it lacks
+    /// `SELECT … FOR UPDATE SKIP LOCKED`.
+    #[error(
+        "unsupported database server version {found:?}: the outbox needs {required} (for `SELECT ... FOR UPDATE SKIP LOCKED`); upgrade the server"
+    )]
+    UnsupportedServer {
+        /// The version the server reported (`SELECT VERSION()`).
+        found: String,
+        /// The versions that work.
+        required: &'static str,
+    },
+
     /// A Runner setting is out of range.
     #[error("invalid Runner setting `{setting}`: {reason}")]
     InvalidSetting {

@@ -73,6 +73,17 @@ impl Tables {
         }
     }
 
+    /// The schema-qualified name of a table with this suffix, quoted with
+    /// `quote` (`` ` `` for MySQL, whose default `sql_mode` has no `ANSI_QUOTES`).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) fn qualified_with(&self, quote: char, suffix: &str) -> String {
+        let q = quote;
+        match &self.schema {
+            Some(schema) => format!("{q}{schema}{q}.{q}{}_{suffix}{q}", self.prefix),
+            None => format!("{q}{}_{suffix}{q}", self.prefix),
+        }
+    }
+
     /// The quoted, unqualified name of a table with this suffix.
     pub(crate) fn unqualified(&self, suffix: &str) -> String {
         format!("\"{}_{suffix}\"", self.prefix)
