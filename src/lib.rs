@@ -3,6 +3,8 @@
 //! publishers.
 
 pub mod checker;
+pub mod crash;
+pub mod pg_cluster;
 pub mod proxy;
 
 use std::collections::VecDeque;
@@ -14,9 +16,10 @@ use async_trait::async_trait;
 use outbox::{
     Context, NewEvent, OutboxEvent, PublishError, Publisher, RunnerBuilder, Source, Tables, Uuid,
 };
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, Postgres, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, MySql, Postgres, Sqlite, Transaction};
 
 /// The PostgreSQL server the tests use: `OUTBOX_TEST_PG_URL`, or the local one.
 pub fn pg_url() -> String {
@@ -24,17 +27,31 @@ pub fn pg_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
+/// The MySQL/MariaDB server the tests use: `OUTBOX_TEST_MYSQL_URL`, or the
+/// local one. Each test creates and drops its own database there.
+pub fn mysql_url() -> String {
+    std::env::var("OUTBOX_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+}
+
 /// A unique, valid identifier for one test.
 pub fn unique_name(test: &str) -> String {
     let clean: String = test
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .take(24)
         .collect();
     format!("t_{clean}_{:08x}", fastrand::u32(..))
 }
 
-/// One test's own database: a fresh PostgreSQL schema or a fresh SQLite file.
+/// One test's own database: a fresh PostgreSQL schema, SQLite file or
+/// MySQL/MariaDB database.
 #[derive(Clone)]
 pub enum TestDb {
     /// A schema in the shared PostgreSQL database.
@@ -51,6 +68,13 @@ pub enum TestDb {
         /// The file.
         path: PathBuf,
     },
+    /// A database of its own on the MySQL/MariaDB server.
+    MySql {
+        /// Pool whose default database is the test's database.
+        pool: MySqlPool,
+        /// The database.
+        database: String,
+    },
 }
 
 /// Which backend a test runs on.
@@ -60,6 +84,16 @@ pub enum Backend {
     Postgres,
     /// SQLite.
     Sqlite,
+    /// MySQL 8 / MariaDB 10.6+.
+    MySql,
+}
+
+impl Backend {
+    /// Whether a Runner can claim while another transaction holds
+    /// uncommitted writes (not SQLite: one writer at a time).
+    pub fn runs_beside_open_writes(self) -> bool {
+        self != Self::Sqlite
+    }
 }
 
 impl TestDb {
@@ -69,6 +103,7 @@ impl TestDb {
         let db = match backend {
             Backend::Postgres => Self::postgres(test).await,
             Backend::Sqlite => Self::sqlite(test).await,
+            Backend::MySql => Self::mysql(test).await,
         };
         db.migrate().await;
         db.exec("CREATE TABLE orders (id BIGINT PRIMARY KEY, total_cents BIGINT NOT NULL)")
@@ -79,9 +114,9 @@ impl TestDb {
     /// A fresh schema, not migrated.
     pub async fn postgres(test: &str) -> Self {
         let schema = unique_name(test);
-        let admin = PgPool::connect(&pg_url()).await.expect(
-            "cannot reach PostgreSQL for the tests; start it, or set OUTBOX_TEST_PG_URL",
-        );
+        let admin = PgPool::connect(&pg_url())
+            .await
+            .expect("cannot reach PostgreSQL for the tests; start it, or set OUTBOX_TEST_PG_URL");
         sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
             .execute(&admin)
             .await
@@ -121,19 +156,57 @@ impl TestDb {
         Self::Sqlite { pool, path }
     }
 
+    /// A fresh MySQL/MariaDB database, not migrated.
+    pub async fn mysql(test: &str) -> Self {
+        let database = unique_name(test);
+        let admin = MySqlPool::connect(&mysql_url()).await.expect(
+            "cannot reach MySQL/MariaDB for the tests; start it, or set OUTBOX_TEST_MYSQL_URL",
+        );
+        let create = format!("CREATE DATABASE `{database}` CHARACTER SET utf8mb4");
+        sqlx::query(AssertSqlSafe(create))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let options: MySqlConnectOptions = mysql_url().parse().unwrap();
+        let pool = MySqlPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.database(&database))
+            .await
+            .unwrap();
+        Self::MySql { pool, database }
+    }
+
     /// The outbox tables of this test.
     pub fn tables(&self) -> Tables {
         match self {
             Self::Pg { schema, .. } => Tables::default().schema(schema.clone()).unwrap(),
             Self::Sqlite { .. } => Tables::default(),
+            Self::MySql { database, .. } => Tables::default().schema(database.clone()).unwrap(),
+        }
+    }
+
+    /// Other outbox tables in this test's schema, with their own prefix (not
+    /// migrated).
+    pub fn tables_with_prefix(&self, prefix: &str) -> Tables {
+        let tables = Tables::new(prefix).unwrap();
+        match self.tables().schema_name() {
+            Some(schema) => tables.schema(schema).unwrap(),
+            None => tables,
         }
     }
 
     /// Create the outbox tables.
     pub async fn migrate(&self) {
+        self.migrate_tables(&self.tables()).await.unwrap()
+    }
+
+    /// `Tables::migrate` on this database.
+    pub async fn migrate_tables(&self, tables: &Tables) -> Result<(), outbox::Error> {
         match self {
-            Self::Pg { pool, .. } => self.tables().migrate(pool).await.unwrap(),
-            Self::Sqlite { pool, .. } => self.tables().migrate(pool).await.unwrap(),
+            Self::Pg { pool, .. } => tables.migrate(pool).await,
+            Self::Sqlite { pool, .. } => tables.migrate(pool).await,
+            Self::MySql { pool, .. } => tables.migrate(pool).await,
         }
     }
 
@@ -141,10 +214,21 @@ impl TestDb {
     pub async fn exec(&self, sql: &str) -> u64 {
         let sql = AssertSqlSafe(sql.to_owned());
         match self {
-            Self::Pg { pool, .. } => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
-            Self::Sqlite { pool, .. } => {
-                sqlx::query(sql).execute(pool).await.unwrap().rows_affected()
-            }
+            Self::Pg { pool, .. } => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .unwrap()
+                .rows_affected(),
+            Self::Sqlite { pool, .. } => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .unwrap()
+                .rows_affected(),
+            Self::MySql { pool, .. } => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .unwrap()
+                .rows_affected(),
         }
     }
 
@@ -154,14 +238,21 @@ impl TestDb {
         match self {
             Self::Pg { pool, .. } => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
             Self::Sqlite { pool, .. } => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+            Self::MySql { pool, .. } => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
         }
     }
 
     /// Start a transaction.
     pub async fn begin(&self) -> Tx {
+        self.begin_in(self.tables()).await
+    }
+
+    /// Start a transaction that enqueues into `tables`.
+    pub async fn begin_in(&self, tables: Tables) -> Tx {
         match self {
-            Self::Pg { pool, .. } => Tx::Pg(pool.begin().await.unwrap(), self.tables()),
-            Self::Sqlite { pool, .. } => Tx::Sqlite(pool.begin().await.unwrap(), self.tables()),
+            Self::Pg { pool, .. } => Tx::Pg(pool.begin().await.unwrap(), tables),
+            Self::Sqlite { pool, .. } => Tx::Sqlite(pool.begin().await.unwrap(), tables),
+            Self::MySql { pool, .. } => Tx::MySql(pool.begin().await.unwrap(), tables),
         }
     }
 
@@ -171,6 +262,7 @@ impl TestDb {
         let builder = match self {
             Self::Pg { pool, .. } => outbox::Runner::builder(pool.clone()),
             Self::Sqlite { pool, .. } => outbox::Runner::builder(pool.clone()),
+            Self::MySql { pool, .. } => outbox::Runner::builder(pool.clone()),
         };
         builder
             .tables(self.tables())
@@ -182,9 +274,15 @@ impl TestDb {
 
     /// The Source, for dead-letter administration and store-level tests.
     pub fn source(&self) -> Arc<dyn Source> {
+        self.source_for(&self.tables())
+    }
+
+    /// The Source of other tables on this database.
+    pub fn source_for(&self, tables: &Tables) -> Arc<dyn Source> {
         match self {
-            Self::Pg { pool, .. } => outbox::source(pool.clone(), &self.tables()),
-            Self::Sqlite { pool, .. } => outbox::source(pool.clone(), &self.tables()),
+            Self::Pg { pool, .. } => outbox::source(pool.clone(), tables),
+            Self::Sqlite { pool, .. } => outbox::source(pool.clone(), tables),
+            Self::MySql { pool, .. } => outbox::source(pool.clone(), tables),
         }
     }
 
@@ -211,6 +309,15 @@ impl TestDb {
                     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
                 }
             }
+            Self::MySql { pool, database } => {
+                pool.close().await;
+                let admin = MySqlPool::connect(&mysql_url()).await.unwrap();
+                sqlx::query(AssertSqlSafe(format!("DROP DATABASE `{database}`")))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                admin.close().await;
+            }
         }
     }
 }
@@ -221,6 +328,8 @@ pub enum Tx {
     Pg(Transaction<'static, Postgres>, Tables),
     /// SQLite.
     Sqlite(Transaction<'static, Sqlite>, Tables),
+    /// MySQL/MariaDB.
+    MySql(Transaction<'static, MySql>, Tables),
 }
 
 impl Tx {
@@ -229,10 +338,28 @@ impl Tx {
         let sql = "INSERT INTO orders (id, total_cents) VALUES ($1, $2)";
         match self {
             Self::Pg(tx, _) => {
-                sqlx::query(sql).bind(id).bind(total_cents).execute(&mut **tx).await.unwrap();
+                sqlx::query(sql)
+                    .bind(id)
+                    .bind(total_cents)
+                    .execute(&mut **tx)
+                    .await
+                    .unwrap();
             }
             Self::Sqlite(tx, _) => {
-                sqlx::query(sql).bind(id).bind(total_cents).execute(&mut **tx).await.unwrap();
+                sqlx::query(sql)
+                    .bind(id)
+                    .bind(total_cents)
+                    .execute(&mut **tx)
+                    .await
+                    .unwrap();
+            }
+            Self::MySql(tx, _) => {
+                sqlx::query("INSERT INTO orders (id, total_cents) VALUES (?, ?)")
+                    .bind(id)
+                    .bind(total_cents)
+                    .execute(&mut **tx)
+                    .await
+                    .unwrap();
             }
         }
     }
@@ -242,6 +369,7 @@ impl Tx {
         match self {
             Self::Pg(tx, t) => t.enqueue(tx, event).await.unwrap(),
             Self::Sqlite(tx, t) => t.enqueue(tx, event).await.unwrap(),
+            Self::MySql(tx, t) => t.enqueue(tx, event).await.unwrap(),
         }
     }
 
@@ -250,6 +378,7 @@ impl Tx {
         match self {
             Self::Pg(tx, t) => t.enqueue_all(tx, events).await.unwrap(),
             Self::Sqlite(tx, t) => t.enqueue_all(tx, events).await.unwrap(),
+            Self::MySql(tx, t) => t.enqueue_all(tx, events).await.unwrap(),
         }
     }
 
@@ -258,6 +387,7 @@ impl Tx {
         match self {
             Self::Pg(tx, t) => t.enqueue_raw(tx, events).await.unwrap(),
             Self::Sqlite(tx, t) => t.enqueue_raw(tx, events).await.unwrap(),
+            Self::MySql(tx, t) => t.enqueue_raw(tx, events).await.unwrap(),
         }
     }
 
@@ -266,6 +396,7 @@ impl Tx {
         match self {
             Self::Pg(tx, _) => tx.commit().await.unwrap(),
             Self::Sqlite(tx, _) => tx.commit().await.unwrap(),
+            Self::MySql(tx, _) => tx.commit().await.unwrap(),
         }
     }
 
@@ -274,6 +405,7 @@ impl Tx {
         match self {
             Self::Pg(tx, _) => tx.rollback().await.unwrap(),
             Self::Sqlite(tx, _) => tx.rollback().await.unwrap(),
+            Self::MySql(tx, _) => tx.rollback().await.unwrap(),
         }
     }
 }
@@ -383,7 +515,12 @@ impl Publisher for Recorder {
         });
         let answer = match &self.always {
             Some(a) => a.clone(),
-            None => self.script.lock().unwrap().pop_front().unwrap_or(Answer::Ok),
+            None => self
+                .script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Answer::Ok),
         };
         match answer {
             Answer::Ok => Ok(()),

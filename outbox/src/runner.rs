@@ -295,13 +295,13 @@ impl RunnerBuilder {
                 });
             }
             names.push((publisher.name(), description));
-            if let Some(req) = publisher.required_state() {
-                if !self.states.contains(req.type_id) {
-                    return Err(Error::MissingState {
-                        publisher: publisher.name().to_owned(),
-                        state: req.type_name,
-                    });
-                }
+            if let Some(req) = publisher.required_state()
+                && !self.states.contains(req.type_id)
+            {
+                return Err(Error::MissingState {
+                    publisher: publisher.name().to_owned(),
+                    state: req.type_name,
+                });
             }
         }
 
@@ -501,7 +501,10 @@ impl Core {
             .unwrap_or(std::time::UNIX_EPOCH);
         match self.source.purge_dead_letters(before).await {
             Ok(0) => {}
-            Ok(n) => info!(purged = n, "outbox: purged dead letters past their retention"),
+            Ok(n) => info!(
+                purged = n,
+                "outbox: purged dead letters past their retention"
+            ),
             Err(e) => warn!(error = %e, "outbox: purging old dead letters failed"),
         }
     }
@@ -522,14 +525,13 @@ impl Core {
         let unfinished: Mutex<HashSet<Uuid>> =
             Mutex::new(batch.iter().map(|e| e.event.id).collect());
         let delivered: Mutex<Vec<Uuid>> = Mutex::new(Vec::with_capacity(batch.len()));
-        let work = async {
+        let mut work = Box::pin(async {
             stream::iter(batch)
                 .map(|event| self.deliver(event, &unfinished, &delivered))
                 .buffer_unordered(self.settings.concurrency)
                 .for_each(|()| async {})
                 .await;
-        };
-        tokio::pin!(work);
+        });
         let finished = tokio::select! {
             () = &mut work => true,
             () = stopped(stop) => {
@@ -537,6 +539,7 @@ impl Core {
                 tokio::time::timeout(self.settings.grace_period, &mut work).await.is_ok()
             }
         };
+        // Cancels what is still running: the publishers' futures are dropped.
         drop(work);
         let delivered = std::mem::take(&mut *lock(&delivered));
         if !delivered.is_empty() {

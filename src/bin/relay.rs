@@ -1,2 +1,76 @@
-//! Placeholder: being written.
-fn main() {}
+//! A Runner process for the crash tests: publishes `crash.event`s into a
+//! sink table until it is stopped (or killed with SIGKILL).
+//!
+//! Configured through the environment:
+//! - `RELAY_BACKEND`: `postgres` (default) or `sqlite`
+//! - `RELAY_URL`: the outbox database
+//! - `RELAY_SCHEMA`: the schema of the outbox tables (PostgreSQL) and of the sink
+//! - `RELAY_SINK_URL`: the PostgreSQL database holding `RELAY_SCHEMA.sink`
+//! - `RELAY_NAME`, `RELAY_BATCH` (20), `RELAY_LEASE_MS` (1500), `RELAY_JITTER_MS` (2)
+
+use std::time::Duration;
+
+use outbox::Tables;
+use outbox_tests::crash::SinkPublisher;
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("set {name}"))
+}
+
+fn num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RELAY_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let schema = var("RELAY_SCHEMA");
+    let name = std::env::var("RELAY_NAME").unwrap_or_else(|_| "relay".to_owned());
+    let lease = Duration::from_millis(num("RELAY_LEASE_MS", 1500));
+    let sink_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&var("RELAY_SINK_URL"))
+        .await?;
+    let sink = SinkPublisher::new(sink_pool, &schema, &name, num("RELAY_JITTER_MS", 2));
+    let backend = std::env::var("RELAY_BACKEND").unwrap_or_else(|_| "postgres".to_owned());
+    let builder = match backend.as_str() {
+        "postgres" => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect(&var("RELAY_URL"))
+                .await?;
+            outbox::Runner::builder(pool).tables(Tables::default().schema(schema.clone())?)
+        }
+        "sqlite" => {
+            let options: sqlx::sqlite::SqliteConnectOptions = var("RELAY_URL").parse()?;
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(2)
+                .connect_with(options.busy_timeout(Duration::from_secs(10)))
+                .await?;
+            outbox::Runner::builder(pool)
+        }
+        other => anyhow::bail!("unknown RELAY_BACKEND {other}"),
+    };
+    let report = builder
+        .without_registered()
+        .publisher(sink)
+        .batch_size(usize::try_from(num("RELAY_BATCH", 20))?)
+        .lease(lease)
+        .publish_timeout(lease / 2)
+        .poll_interval(Duration::from_millis(20))
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .build()?
+        .run()
+        .await?;
+    eprintln!("{name}: {report:?}");
+    Ok(())
+}

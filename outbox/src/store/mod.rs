@@ -128,8 +128,9 @@ pub trait Source: Send + Sync + 'static {
     /// Give events back unfinished (on shutdown), due at once.
     async fn release(&self, owner: Uuid, ids: &[Uuid]) -> Result<u64, Error>;
 
-    /// How many events are in the outbox, due or not (parked events, which
-    /// wait for an operator, are not counted).
+    /// How many events in the outbox can still be published without an
+    /// operator, due or not: parked events, and the events of their keys
+    /// behind them, are not counted.
     async fn pending(&self) -> Result<u64, Error>;
 
     /// Wait until new events may have been committed, or `timeout` passed.

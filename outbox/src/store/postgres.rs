@@ -48,7 +48,8 @@ impl Sql {
                    WHERE e.due_at <= now() \
                      AND (e.lease_until IS NULL OR e.lease_until <= now()) \
                      AND (e.partition_key IS NULL OR NOT EXISTS ( \
-                       SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key AND p.id < e.id)) \
+                       SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key \
+                         AND (p.id < e.id OR p.lease_until > now()))) \
                    ORDER BY e.id LIMIT $2 \
                    FOR UPDATE SKIP LOCKED) \
                  UPDATE {ev} e SET lease_owner = $1, \
@@ -101,7 +102,13 @@ impl Sql {
                  WHERE id = ANY($1) AND lease_owner = $2"
             )
             .into(),
-            pending: format!("SELECT count(*) FROM {ev} WHERE due_at < 'infinity'").into(),
+            pending: format!(
+                "SELECT count(*) FROM {ev} e WHERE e.due_at < 'infinity' \
+                 AND (e.partition_key IS NULL OR NOT EXISTS ( \
+                   SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key \
+                   AND p.due_at = 'infinity'))"
+            )
+            .into(),
             list_dead: format!(
                 "SELECT event_id, event_type, version, topic, partition_key, payload, headers::text, \
                    (extract(epoch from created_at) * 1000)::int8, attempts, publisher, error, \
@@ -343,7 +350,10 @@ impl Source for PgSource {
 
     async fn retry_dead_letters(&self, event_ids: Option<&[Uuid]>) -> Result<u64, Error> {
         let mut tx = self.pool.begin().await?;
-        q(&self.sql.unpark).bind(event_ids).execute(&mut *tx).await?;
+        q(&self.sql.unpark)
+            .bind(event_ids)
+            .execute(&mut *tx)
+            .await?;
         let n: i64 = q(&self.sql.retry_dead)
             .bind(event_ids)
             .fetch_one(&mut *tx)
@@ -356,8 +366,14 @@ impl Source for PgSource {
     async fn purge_dead_letters(&self, before: SystemTime) -> Result<u64, Error> {
         let before = millis_since_epoch(before) as f64;
         let mut tx = self.pool.begin().await?;
-        q(&self.sql.drop_parked).bind(before).execute(&mut *tx).await?;
-        let done = q(&self.sql.purge_dead).bind(before).execute(&mut *tx).await?;
+        q(&self.sql.drop_parked)
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        let done = q(&self.sql.purge_dead)
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(done.rows_affected())
     }

@@ -58,7 +58,8 @@ impl Sql {
                    WHERE e.due_at <= {NOW} \
                      AND (e.lease_until IS NULL OR e.lease_until <= {NOW}) \
                      AND (e.partition_key IS NULL OR NOT EXISTS ( \
-                       SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key AND p.id < e.id)) \
+                       SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key \
+                         AND (p.id < e.id OR p.lease_until > {NOW}))) \
                    ORDER BY e.id LIMIT ?2) \
                  RETURNING id, event_type, version, topic, partition_key, payload, headers, \
                    created_at, attempts, done, only_publishers"
@@ -103,7 +104,13 @@ impl Sql {
                  WHERE lease_owner = ?1 AND id IN (SELECT value FROM json_each(?2))"
             )
             .into(),
-            pending: format!("SELECT count(*) FROM {ev} WHERE due_at < {PARKED}").into(),
+            pending: format!(
+                "SELECT count(*) FROM {ev} e WHERE e.due_at < {PARKED} \
+                 AND (e.partition_key IS NULL OR NOT EXISTS ( \
+                   SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key \
+                   AND p.due_at = {PARKED}))"
+            )
+            .into(),
             list_dead: format!(
                 "SELECT event_id, event_type, version, topic, partition_key, payload, headers, \
                    created_at, attempts, publisher, error, failed_at \
@@ -313,8 +320,14 @@ impl Source for SqliteSource {
     async fn purge_dead_letters(&self, before: SystemTime) -> Result<u64, Error> {
         let before = millis_since_epoch(before);
         let mut tx = self.pool.begin().await?;
-        q(&self.sql.drop_parked).bind(before).execute(&mut *tx).await?;
-        let done = q(&self.sql.purge_dead).bind(before).execute(&mut *tx).await?;
+        q(&self.sql.drop_parked)
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        let done = q(&self.sql.purge_dead)
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(done.rows_affected())
     }
