@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Row};
 
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+
+use crate::TestDb;
 use crate::checker::Item;
 
 /// The event the reliability tests enqueue.
@@ -110,5 +114,94 @@ impl Publisher for SinkPublisher {
             .await
             .map_err(PublishError::transient)?;
         Ok(())
+    }
+}
+
+/// Enqueues `CrashEvent`s round-robin over `keys` keys, one per
+/// transaction, and remembers what it committed.
+pub struct Producer {
+    seqs: HashMap<String, u64>,
+    /// What was committed, in commit order.
+    pub committed: Vec<Item>,
+    keys: usize,
+    next: usize,
+}
+
+impl Producer {
+    /// A producer over `keys` keys.
+    pub fn new(keys: usize) -> Self {
+        Self {
+            seqs: HashMap::new(),
+            committed: Vec::new(),
+            keys,
+            next: 0,
+        }
+    }
+
+    /// Commit one event.
+    pub async fn produce(&mut self, db: &TestDb) {
+        let key = format!("k{}", self.next % self.keys);
+        self.next += 1;
+        let seq = *self.seqs.get(&key).unwrap_or(&0);
+        let mut tx = db.begin().await;
+        let id = tx
+            .enqueue(&CrashEvent {
+                key: key.clone(),
+                seq,
+            })
+            .await;
+        tx.commit().await;
+        self.seqs.insert(key.clone(), seq + 1);
+        self.committed.push(Item { id, key, seq });
+    }
+}
+
+/// Where a relay process finds its outbox.
+pub struct RelayTarget {
+    /// `postgres`, `sqlite` or `mysql`.
+    pub backend: &'static str,
+    /// Connection URL of the outbox database.
+    pub url: String,
+    /// Schema (PostgreSQL) or database (MySQL) of the outbox tables, if any.
+    pub schema: Option<String>,
+    /// PostgreSQL schema holding the sink table.
+    pub sink_schema: String,
+}
+
+/// Start a relay process (the `outbox-test-relay` binary at `exe`).
+pub fn spawn_relay(exe: &str, target: &RelayTarget, name: &str, batch: usize) -> Child {
+    let mut cmd = Command::new(exe);
+    cmd.env("RELAY_BACKEND", target.backend)
+        .env("RELAY_URL", &target.url)
+        .env("RELAY_SINK_URL", crate::pg_url())
+        .env("RELAY_SINK_SCHEMA", &target.sink_schema)
+        .env("RELAY_NAME", name)
+        .env("RELAY_BATCH", batch.to_string())
+        .env("RELAY_LEASE_MS", "1500")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    if let Some(schema) = &target.schema {
+        cmd.env("RELAY_SCHEMA", schema);
+    }
+    cmd.spawn().expect("cannot start the relay binary")
+}
+
+/// SIGKILL and reap every process.
+pub fn kill_all(children: &mut [Child]) {
+    for child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Wait until the outbox holds nothing publishable, at most `limit`.
+pub async fn wait_until_drained(db: &TestDb, limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while db.pending().await > 0 {
+        assert!(
+            start.elapsed() < limit,
+            "the outbox did not drain within {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

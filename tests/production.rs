@@ -2,14 +2,16 @@
 //! order, wake-up, commit gaps, crashes (SIGKILL), long transactions,
 //! sustained load, and the key policy.
 
-use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outbox::{KeyPolicy, OutboxEvent, PublishError};
-use outbox_tests::checker::{self, Item};
-use outbox_tests::crash::{CrashEvent, create_sink, read_sink};
+use outbox_tests::checker;
+use outbox_tests::crash::{
+    CrashEvent, Producer, RelayTarget, create_sink, kill_all, read_sink, spawn_relay,
+    wait_until_drained,
+};
 use outbox_tests::proxy::FaultProxy;
 use outbox_tests::{Answer, Backend, Recorder, TestDb, pg_url};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -22,72 +24,19 @@ fn pg(db: &TestDb) -> (&PgPool, &str) {
     }
 }
 
-/// Enqueues `CrashEvent`s over `keys` keys, one per transaction, and
-/// remembers what it committed.
-struct Producer {
-    seqs: HashMap<String, u64>,
-    committed: Vec<Item>,
-    keys: usize,
-    next: usize,
-}
-
-impl Producer {
-    fn new(keys: usize) -> Self {
-        Self {
-            seqs: HashMap::new(),
-            committed: Vec::new(),
-            keys,
-            next: 0,
-        }
-    }
-
-    async fn produce(&mut self, db: &TestDb) {
-        let key = format!("k{}", self.next % self.keys);
-        self.next += 1;
-        let seq = *self.seqs.get(&key).unwrap_or(&0);
-        let mut tx = db.begin().await;
-        let id = tx
-            .enqueue(&CrashEvent {
-                key: key.clone(),
-                seq,
-            })
-            .await;
-        tx.commit().await;
-        self.seqs.insert(key.clone(), seq + 1);
-        self.committed.push(Item { id, key, seq });
-    }
-}
-
 fn relay(schema: &str, name: &str, batch: usize) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_outbox-test-relay"))
-        .env("RELAY_URL", pg_url())
-        .env("RELAY_SINK_URL", pg_url())
-        .env("RELAY_SCHEMA", schema)
-        .env("RELAY_NAME", name)
-        .env("RELAY_BATCH", batch.to_string())
-        .env("RELAY_LEASE_MS", "1500")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("cannot start the relay binary")
-}
-
-async fn wait_until_drained(db: &TestDb, limit: Duration) {
-    let start = Instant::now();
-    while db.pending().await > 0 {
-        assert!(
-            start.elapsed() < limit,
-            "the outbox did not drain within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn kill_all(children: &mut [Child]) {
-    for child in children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let target = RelayTarget {
+        backend: "postgres",
+        url: pg_url(),
+        schema: Some(schema.to_owned()),
+        sink_schema: schema.to_owned(),
+    };
+    spawn_relay(
+        env!("CARGO_BIN_EXE_outbox-test-relay"),
+        &target,
+        name,
+        batch,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

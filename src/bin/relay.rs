@@ -2,10 +2,11 @@
 //! sink table until it is stopped (or killed with SIGKILL).
 //!
 //! Configured through the environment:
-//! - `RELAY_BACKEND`: `postgres` (default) or `sqlite`
+//! - `RELAY_BACKEND`: `postgres` (default), `sqlite` or `mysql`
 //! - `RELAY_URL`: the outbox database
-//! - `RELAY_SCHEMA`: the schema of the outbox tables (PostgreSQL) and of the sink
-//! - `RELAY_SINK_URL`: the PostgreSQL database holding `RELAY_SCHEMA.sink`
+//! - `RELAY_SCHEMA`: the schema (PostgreSQL) or database (MySQL) of the outbox tables
+//! - `RELAY_SINK_URL`: the PostgreSQL database holding `RELAY_SINK_SCHEMA.sink`
+//! - `RELAY_SINK_SCHEMA`: defaults to `RELAY_SCHEMA`
 //! - `RELAY_NAME`, `RELAY_BATCH` (20), `RELAY_LEASE_MS` (1500), `RELAY_JITTER_MS` (2)
 
 use std::time::Duration;
@@ -33,14 +34,22 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let schema = var("RELAY_SCHEMA");
+    let schema = std::env::var("RELAY_SCHEMA").ok();
+    let sink_schema = std::env::var("RELAY_SINK_SCHEMA")
+        .ok()
+        .or_else(|| schema.clone())
+        .expect("set RELAY_SINK_SCHEMA or RELAY_SCHEMA");
+    let tables = match &schema {
+        Some(schema) => Tables::default().schema(schema.clone())?,
+        None => Tables::default(),
+    };
     let name = std::env::var("RELAY_NAME").unwrap_or_else(|_| "relay".to_owned());
     let lease = Duration::from_millis(num("RELAY_LEASE_MS", 1500));
     let sink_pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .connect(&var("RELAY_SINK_URL"))
         .await?;
-    let sink = SinkPublisher::new(sink_pool, &schema, &name, num("RELAY_JITTER_MS", 2));
+    let sink = SinkPublisher::new(sink_pool, &sink_schema, &name, num("RELAY_JITTER_MS", 2));
     let backend = std::env::var("RELAY_BACKEND").unwrap_or_else(|_| "postgres".to_owned());
     let builder = match backend.as_str() {
         "postgres" => {
@@ -48,7 +57,14 @@ async fn main() -> anyhow::Result<()> {
                 .max_connections(4)
                 .connect(&var("RELAY_URL"))
                 .await?;
-            outbox::Runner::builder(pool).tables(Tables::default().schema(schema.clone())?)
+            outbox::Runner::builder(pool).tables(tables)
+        }
+        "mysql" => {
+            let pool = sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(4)
+                .connect(&var("RELAY_URL"))
+                .await?;
+            outbox::Runner::builder(pool).tables(tables)
         }
         "sqlite" => {
             let options: sqlx::sqlite::SqliteConnectOptions = var("RELAY_URL").parse()?;
@@ -56,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
                 .max_connections(2)
                 .connect_with(options.busy_timeout(Duration::from_secs(10)))
                 .await?;
-            outbox::Runner::builder(pool)
+            outbox::Runner::builder(pool).tables(tables)
         }
         other => anyhow::bail!("unknown RELAY_BACKEND {other}"),
     };
