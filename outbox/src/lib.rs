@@ -75,10 +75,19 @@
 //! ## Features
 //!
 //! - `sqlite` (default): the embedded SQLite store.
-//! - `postgres`: the PostgreSQL store.
-//! - `nats`, `rabbitmq`, `redis`, `mqtt`, `http`: built-in broker publishers.
+//! - `postgres`: the PostgreSQL store (LISTEN/NOTIFY wake-up).
+//! - `mysql`: the MySQL 8 / MariaDB 10.6+ store.
+//! - `nats`, `rabbitmq`, `redis`, `mqtt`, `http` (`http-rustls` for HTTPS):
+//!   built-in publishers, in the modules `outbox::nats`, `outbox::rabbitmq`,
+//!   `outbox::redis`, `outbox::mqtt` and `outbox::http` when enabled.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// Built with no store at all (a broker feature alone), the shared store
+// helpers have no user; that is expected.
+#![cfg_attr(
+    not(any(feature = "postgres", feature = "sqlite", feature = "mysql")),
+    allow(dead_code)
+)]
 
 #[allow(unused_extern_crates)]
 extern crate self as outbox;

@@ -66,6 +66,7 @@ impl Tables {
     }
 
     /// The quoted, schema-qualified name of a table with this suffix.
+    #[cfg(any(feature = "postgres", feature = "sqlite", test))]
     pub(crate) fn qualified(&self, suffix: &str) -> String {
         match &self.schema {
             Some(schema) => format!("\"{schema}\".\"{}_{suffix}\"", self.prefix),
@@ -85,16 +86,19 @@ impl Tables {
     }
 
     /// The quoted, unqualified name of a table with this suffix.
+    #[cfg(feature = "sqlite")]
     pub(crate) fn unqualified(&self, suffix: &str) -> String {
         format!("\"{}_{suffix}\"", self.prefix)
     }
 
     /// A quoted name for an index, a sibling of the tables (unqualified).
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub(crate) fn index_name(&self, suffix: &str) -> String {
         format!("\"{}_{suffix}\"", self.prefix)
     }
 
     /// The quoted schema name.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub(crate) fn quoted_schema(&self) -> Option<String> {
         self.schema.as_ref().map(|s| format!("\"{s}\""))
     }

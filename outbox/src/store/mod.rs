@@ -160,8 +160,8 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// A database the outbox can live in: `sqlx::Postgres` (feature `postgres`)
-/// or `sqlx::Sqlite` (feature `sqlite`).
+/// A database the outbox can live in: `sqlx::Postgres` (feature `postgres`),
+/// `sqlx::MySql` (feature `mysql`) or `sqlx::Sqlite` (feature `sqlite`).
 pub trait Backend: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     fn __enqueue<'a>(
@@ -193,10 +193,12 @@ pub fn source<DB: Backend>(pool: sqlx::Pool<DB>, tables: &Tables) -> Arc<dyn Sou
     DB::__source(pool, tables)
 }
 
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 pub(crate) fn json_list(list: &[String]) -> String {
     serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned())
 }
 
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 pub(crate) fn parse_json_list(json: Option<&str>) -> Option<Vec<String>> {
     let json = json?;
     match serde_json::from_str(json) {
