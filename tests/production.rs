@@ -2,7 +2,7 @@
 //! order, wake-up, commit gaps, crashes (SIGKILL), long transactions,
 //! sustained load, and the key policy.
 
-use std::process::Child;
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -577,5 +577,40 @@ async fn dead_letters_past_their_retention_are_purged_by_the_runner() {
         .await
         .unwrap();
     assert!(db.source().dead_letters(10).await.unwrap().is_empty());
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_runner_process_gracefully() {
+    let db = TestDb::new(Backend::Postgres, "sigterm").await;
+    let (pool, schema) = pg(&db);
+    create_sink(pool, schema).await;
+    let mut producer = Producer::new(5);
+    for _ in 0..50 {
+        producer.produce(&db).await;
+    }
+    let mut child = relay(schema, "term", 10);
+    wait_until_drained(&db, Duration::from_secs(30)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the Runner ignored SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        exit.success(),
+        "the Runner did not shut down cleanly on SIGTERM: {exit}"
+    );
+    assert_eq!(read_sink(pool, schema).await.len(), 50);
     db.cleanup().await;
 }
