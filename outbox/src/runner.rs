@@ -436,6 +436,7 @@ impl Core {
     async fn main_loop(&self, mode: Mode, stop: &mut watch::Receiver<bool>) -> Result<(), Error> {
         info!(publishers = self.publishers.len(), "outbox: runner started");
         let mut failures = 0u32;
+        let mut to_ack: Vec<Uuid> = Vec::new();
         let mut housekeeping = tokio::time::Instant::now();
         self.housekeeping().await;
         loop {
@@ -446,15 +447,15 @@ impl Core {
                 housekeeping = tokio::time::Instant::now();
                 self.housekeeping().await;
             }
+            // The previous batch's ack runs beside the next claim: its events
+            // are still leased and still head their keys until the ack
+            // commits, so the claim cannot take them or their successors.
+            let acking = std::mem::take(&mut to_ack);
             let claim = self
                 .source
                 .claim(self.owner, self.settings.batch_size, self.settings.lease)
                 .instrument(info_span!("outbox.claim", limit = self.settings.batch_size));
-            let claimed = tokio::select! {
-                biased;
-                () = stopped(stop) => break,
-                claimed = claim => claimed,
-            };
+            let (claimed, ()) = tokio::join!(claim, self.ack(&acking));
             match claimed {
                 Err(e) => {
                     failures += 1;
@@ -468,6 +469,8 @@ impl Core {
                         break;
                     }
                 }
+                // The ack just made the next events of its keys claimable.
+                Ok(batch) if batch.is_empty() && !acking.is_empty() => failures = 0,
                 Ok(batch) if batch.is_empty() => {
                     failures = 0;
                     if mode == Mode::Drain {
@@ -484,10 +487,11 @@ impl Core {
                 Ok(batch) => {
                     failures = 0;
                     debug!(claimed = batch.len(), "outbox: claimed");
-                    self.process_batch(batch, stop).await;
+                    to_ack = self.process_batch(batch, stop).await;
                 }
             }
         }
+        self.ack(&to_ack).await;
         info!("outbox: runner stopped");
         Ok(())
     }
@@ -521,7 +525,13 @@ impl Core {
         }
     }
 
-    async fn process_batch(&self, batch: Vec<ClaimedEvent>, stop: &mut watch::Receiver<bool>) {
+    /// Publish a batch; returns the events that every publisher received,
+    /// for the caller to acknowledge.
+    async fn process_batch(
+        &self,
+        batch: Vec<ClaimedEvent>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Vec<Uuid> {
         let unfinished: Mutex<HashSet<Uuid>> =
             Mutex::new(batch.iter().map(|e| e.event.id).collect());
         let delivered: Mutex<Vec<Uuid>> = Mutex::new(Vec::with_capacity(batch.len()));
@@ -542,9 +552,6 @@ impl Core {
         // Cancels what is still running: the publishers' futures are dropped.
         drop(work);
         let delivered = std::mem::take(&mut *lock(&delivered));
-        if !delivered.is_empty() {
-            self.ack(&delivered).await;
-        }
         if !finished {
             let left: Vec<Uuid> = lock(&unfinished)
                 .iter()
@@ -564,9 +571,13 @@ impl Core {
                 }
             }
         }
+        delivered
     }
 
     async fn ack(&self, ids: &[Uuid]) {
+        if ids.is_empty() {
+            return;
+        }
         let span = info_span!("outbox.ack", events = ids.len());
         let acked = persist("ack", || self.source.ack(self.owner, ids))
             .instrument(span)

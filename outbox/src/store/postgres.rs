@@ -48,8 +48,7 @@ impl Sql {
                    WHERE e.due_at <= now() \
                      AND (e.lease_until IS NULL OR e.lease_until <= now()) \
                      AND (e.partition_key IS NULL OR NOT EXISTS ( \
-                       SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key \
-                         AND (p.id < e.id OR p.lease_until > now()))) \
+                       SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key AND p.id < e.id)) \
                    ORDER BY e.id LIMIT $2 \
                    FOR UPDATE SKIP LOCKED) \
                  UPDATE {ev} e SET lease_owner = $1, \

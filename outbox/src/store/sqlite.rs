@@ -58,8 +58,7 @@ impl Sql {
                    WHERE e.due_at <= {NOW} \
                      AND (e.lease_until IS NULL OR e.lease_until <= {NOW}) \
                      AND (e.partition_key IS NULL OR NOT EXISTS ( \
-                       SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key \
-                         AND (p.id < e.id OR p.lease_until > {NOW}))) \
+                       SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key AND p.id < e.id)) \
                    ORDER BY e.id LIMIT ?2) \
                  RETURNING id, event_type, version, topic, partition_key, payload, headers, \
                    created_at, attempts, done, only_publishers"
