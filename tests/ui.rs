@@ -3,7 +3,8 @@
 //! `tests/ui/pass` must compile and run.
 //!
 //! The `.stderr` files are written by the toolchain in this workspace's CI
-//! (stable Rust); regenerate them with `TRYBUILD=overwrite cargo test --test ui`
+//! (stable Rust) with the README test command's features: regenerate them with
+//! `TRYBUILD=overwrite cargo test --all-features --test ui`
 //! only after reading the new messages.
 
 #[test]
