@@ -103,6 +103,7 @@ on_every_backend!(
     expired_lease_fences_the_old_holder,
     event_without_publisher_is_retried_then_dead_lettered,
     migrate_is_idempotent,
+    a_blocked_key_with_a_deep_backlog_holds_up_no_other_key,
     large_payloads_round_trip,
     unicode_and_empty_fields_round_trip,
     claim_takes_each_key_head_and_every_keyless_event,
@@ -1257,5 +1258,43 @@ async fn mysql_migrations_wait_for_the_migration_lock() {
     holder.close().await.unwrap();
     migration.await.unwrap().unwrap();
     assert_eq!(db.source_for(&tables).pending().await.unwrap(), 0);
+    db.cleanup().await;
+}
+
+async fn a_blocked_key_with_a_deep_backlog_holds_up_no_other_key(backend: Backend) {
+    let db = TestDb::new(backend, "deep_blocked_key").await;
+    // Key 1: a head that will wait in backoff, then 300 followers: more
+    // than a claim's first look at the oldest rows. Key 2 comes last.
+    let mut tx = db.begin().await;
+    let events: Vec<TestOrder> = (0..301)
+        .map(|n| TestOrder {
+            order_id: 1,
+            total_cents: n,
+        })
+        .collect();
+    tx.enqueue_all(&events).await;
+    tx.commit().await;
+    let late = place(&db, 2).await;
+    let source = db.source();
+    let owner = outbox::Uuid::now_v7();
+    let head = source
+        .claim(owner, 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(head.len(), 1);
+    assert_eq!(head[0].event.partition_key.as_deref(), Some("1"));
+    let mut retry = outbox::Settlement::finish(head[0].event.id);
+    retry.retry = Some((Duration::from_secs(60), "later".into()));
+    assert!(source.settle(owner, &retry).await.unwrap());
+    let next = source
+        .claim(owner, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let ids: Vec<_> = next.iter().map(|c| c.event.id).collect();
+    assert_eq!(
+        ids,
+        vec![late],
+        "key 2 was held up behind key 1's blocked backlog"
+    );
     db.cleanup().await;
 }

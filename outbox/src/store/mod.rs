@@ -210,6 +210,11 @@ pub(crate) fn parse_json_list(json: Option<&str>) -> Option<Vec<String>> {
     }
 }
 
+/// How many of the oldest due rows a claim looks at first.
+pub(crate) fn claim_window(limit: usize) -> i64 {
+    i64::try_from(limit.saturating_mul(4).max(64)).unwrap_or(i64::MAX)
+}
+
 pub(crate) fn system_time_from_millis(ms: i64) -> SystemTime {
     if ms >= 0 {
         SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64)

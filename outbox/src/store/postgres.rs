@@ -11,8 +11,8 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
 use super::{
-    Backend, ClaimedEvent, DeadLetter, Settlement, Source, duration_millis, millis_since_epoch,
-    storage_box, system_time_from_millis,
+    Backend, ClaimedEvent, DeadLetter, Settlement, Source, claim_window, duration_millis,
+    millis_since_epoch, storage_box, system_time_from_millis,
 };
 use crate::event::NewEvent;
 use crate::{Error, Tables};
@@ -49,6 +49,10 @@ impl Sql {
                      AND (e.lease_until IS NULL OR e.lease_until <= now()) \
                      AND (e.partition_key IS NULL OR NOT EXISTS ( \
                        SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key AND p.id < e.id)) \
+                     AND e.id <= COALESCE(( \
+                       SELECT d.id FROM {ev} d WHERE d.due_at <= now() \
+                         AND (d.lease_until IS NULL OR d.lease_until <= now()) \
+                       ORDER BY d.id OFFSET $4 LIMIT 1), 'ffffffff-ffff-ffff-ffff-ffffffffffff') \
                    ORDER BY e.id LIMIT $2 \
                    FOR UPDATE SKIP LOCKED) \
                  UPDATE {ev} e SET lease_owner = $1, \
@@ -191,13 +195,23 @@ impl Source for PgSource {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedEvent>, Error> {
-        let rows = q(&self.sql.claim)
-            .bind(owner)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(duration_millis(lease) as f64)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(claimed).collect::<Result<_, _>>()?)
+        // First look only at the oldest due rows (a window): when most keys
+        // are blocked, a scan of the whole table for heads would cost a
+        // probe per row. Only if the window holds nothing claimable, look at
+        // everything, so that a blocked key never holds up the others.
+        for window in [claim_window(limit), i64::MAX] {
+            let rows = q(&self.sql.claim)
+                .bind(owner)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(duration_millis(lease) as f64)
+                .bind(window)
+                .fetch_all(&self.pool)
+                .await?;
+            if !rows.is_empty() || window == i64::MAX {
+                return Ok(rows.iter().map(claimed).collect::<Result<_, _>>()?);
+            }
+        }
+        Ok(Vec::new())
     }
 
     async fn ack(&self, owner: Uuid, ids: &[Uuid]) -> Result<u64, Error> {

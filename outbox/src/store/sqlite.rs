@@ -12,8 +12,8 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    Backend, ClaimedEvent, DeadLetter, Settlement, Source, duration_millis, json_list,
-    millis_since_epoch, parse_json_list, storage_box, system_time_from_millis,
+    Backend, ClaimedEvent, DeadLetter, Settlement, Source, claim_window, duration_millis,
+    json_list, millis_since_epoch, parse_json_list, storage_box, system_time_from_millis,
 };
 use crate::event::NewEvent;
 use crate::{Error, Tables};
@@ -59,6 +59,10 @@ impl Sql {
                      AND (e.lease_until IS NULL OR e.lease_until <= {NOW}) \
                      AND (e.partition_key IS NULL OR NOT EXISTS ( \
                        SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key AND p.id < e.id)) \
+                     AND e.id <= COALESCE(( \
+                       SELECT d.id FROM {ev} d WHERE d.due_at <= {NOW} \
+                         AND (d.lease_until IS NULL OR d.lease_until <= {NOW}) \
+                       ORDER BY d.id LIMIT 1 OFFSET ?4), 'g') \
                    ORDER BY e.id LIMIT ?2) \
                  RETURNING id, event_type, version, topic, partition_key, payload, headers, \
                    created_at, attempts, done, only_publishers"
@@ -177,12 +181,21 @@ impl Source for SqliteSource {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedEvent>, Error> {
-        let rows = q(&self.sql.claim)
-            .bind(owner.to_string())
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(duration_millis(lease))
-            .fetch_all(&self.pool)
-            .await?;
+        // As on PostgreSQL: the oldest due rows first, everything only when
+        // they hold nothing claimable.
+        let mut rows = Vec::new();
+        for window in [claim_window(limit), i64::MAX] {
+            rows = q(&self.sql.claim)
+                .bind(owner.to_string())
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(duration_millis(lease))
+                .bind(window)
+                .fetch_all(&self.pool)
+                .await?;
+            if !rows.is_empty() {
+                break;
+            }
+        }
         let mut events = rows.iter().map(claimed).collect::<Result<Vec<_>, _>>()?;
         events.sort_by_key(|e| e.event.id);
         Ok(events)
