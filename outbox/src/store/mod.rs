@@ -211,6 +211,7 @@ pub(crate) fn parse_json_list(json: Option<&str>) -> Option<Vec<String>> {
 }
 
 /// How many of the oldest due rows a claim looks at first.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn claim_window(limit: usize) -> i64 {
     i64::try_from(limit.saturating_mul(4).max(64)).unwrap_or(i64::MAX)
 }
