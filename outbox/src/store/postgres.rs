@@ -45,7 +45,8 @@ impl Sql {
             claim: format!(
                 "WITH c AS ( \
                    SELECT e.id FROM {ev} e \
-                   WHERE e.due_at <= now() \
+                   WHERE (SELECT set_config('synchronous_commit', 'off', true)) = 'off' \
+                     AND e.due_at <= now() \
                      AND (e.lease_until IS NULL OR e.lease_until <= now()) \
                      AND (e.partition_key IS NULL OR NOT EXISTS ( \
                        SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key AND p.id < e.id)) \
@@ -195,6 +196,13 @@ impl Source for PgSource {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedEvent>, Error> {
+        // The claim commits without waiting for its WAL to reach the disk
+        // (`synchronous_commit` off for this one transaction, set inside the
+        // statement): a lease is soft state. Should the server crash before
+        // the WAL is flushed, the lease is gone and the events are claimed
+        // again, which at-least-once allows; an ack, which commits durably
+        // and after the claim, flushes the claim's WAL with its own.
+        //
         // First look only at the oldest due rows (a window): when most keys
         // are blocked, a scan of the whole table for heads would cost a
         // probe per row. Only if the window holds nothing claimable, look at
