@@ -1,6 +1,7 @@
 //! The production relay on PostgreSQL: several Runner processes, per-key
 //! order, wake-up, commit gaps, crashes (SIGKILL), long transactions,
-//! sustained load, and the key policy.
+//! sustained load, the key policy, and what a claim leaves on a pooled
+//! connection.
 
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
@@ -612,5 +613,51 @@ async fn sigterm_stops_a_runner_process_gracefully() {
         "the Runner did not shut down cleanly on SIGTERM: {exit}"
     );
     assert_eq!(read_sink(pool, schema).await.len(), 50);
+    db.cleanup().await;
+}
+
+/// The claim commits with `synchronous_commit` off, set inside its own
+/// statement: the setting must not stay on the pooled connection, where the
+/// application's next transaction (its enqueue) would commit without waiting
+/// for the disk.
+#[tokio::test]
+async fn the_claims_relaxed_commit_does_not_leak_into_the_pool() {
+    let db = TestDb::new(Backend::Postgres, "synccommit").await;
+    let (_, schema) = pg(&db);
+    let one = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&pg_url())
+        .await
+        .unwrap();
+    let before: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&one)
+        .await
+        .unwrap();
+    let mut producer = Producer::new(2);
+    for _ in 0..3 {
+        producer.produce(&db).await;
+    }
+    let tables = outbox::Tables::default().schema(schema).unwrap();
+    let source = outbox::source(one.clone(), &tables);
+    let owner = outbox::Uuid::now_v7();
+    let claimed = source
+        .claim(owner, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2, "one event per key");
+    let after: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&one)
+        .await
+        .unwrap();
+    assert_eq!(before, "on");
+    assert_eq!(after, before, "the claim changed the connection's setting");
+    // The lease itself was committed: another owner cannot claim them.
+    let other = db
+        .source()
+        .claim(outbox::Uuid::now_v7(), 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(other.is_empty(), "leased events were claimed again");
+    one.close().await;
     db.cleanup().await;
 }
