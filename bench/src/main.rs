@@ -6,11 +6,13 @@
 //! cargo run --release -p outbox-bench -- all [--runs 3] [--quick] [--json target/bench.jsonl]
 //! ```
 
+mod burst;
 mod common;
 mod enqueue;
 mod latency;
 mod memory;
 mod monitor;
+mod nats;
 mod profile;
 mod relay;
 mod roundtrips;
@@ -41,6 +43,8 @@ COMMANDS:
     sustained    4 producers + 1 Runner for 60 s vs producers alone; backlog
     memory       peak RSS of a Runner process draining a 1,000,000-event backlog
     sqlite       SQLite (WAL): enqueue overhead, Runner drain vs raw DELETE loop
+    nats         Runner drain into NATS JetStream vs a raw async-nats publish loop (batch 100)
+    burst        diagnostic, not in `all`: 200,000 events arrive at a Runner idling on an empty outbox
     profile      diagnostic, not in `all`: a draining Runner's time in claim, ack and publish
     env          print the machine and PostgreSQL settings only
 
@@ -51,9 +55,11 @@ OPTIONS:
     --wait-quiet   before each run, wait until the 1-minute load average is below 1.0
                    (checked every 10 s, at most 40 minutes in all)
     --url URL      PostgreSQL (default $OUTBOX_BENCH_PG_URL or postgres://postgres@127.0.0.1:5432/test)
+
+NATS (part `nats`): $OUTBOX_BENCH_NATS_URL or 127.0.0.1:4222, with JetStream enabled.
 ";
 
-const PARTS: [&str; 7] = [
+const PARTS: [&str; 8] = [
     "roundtrips",
     "enqueue",
     "relay",
@@ -61,6 +67,7 @@ const PARTS: [&str; 7] = [
     "sustained",
     "memory",
     "sqlite",
+    "nats",
 ];
 
 struct Args {
@@ -124,7 +131,7 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     let known = PARTS.contains(&args.command.as_str())
-        || ["all", "env", "memory-child", "profile"].contains(&args.command.as_str());
+        || ["all", "env", "memory-child", "profile", "burst"].contains(&args.command.as_str());
     if !known {
         bail!("unknown command {}; see --help", args.command);
     }
@@ -207,7 +214,9 @@ async fn main() -> anyhow::Result<()> {
                 "sustained" => sustained::run(&cfg, &mut rec).await,
                 "memory" => memory::run(&cfg, &mut rec).await,
                 "sqlite" => sqlite::run(&cfg, &mut rec).await,
+                "nats" => nats::run(&cfg, &mut rec).await,
                 "profile" => profile::run(&cfg, &mut rec).await,
+                "burst" => burst::run(&cfg, &mut rec).await,
                 _ => unreachable!("checked in parse_args"),
             }
             .with_context(|| format!("part `{part}` failed"))?;
