@@ -69,7 +69,22 @@ async fn run_in(
     let tables = Tables::default().schema(schema)?;
     tables.migrate(admin).await?;
     let table = events_table(&tables);
+    create_procedures(admin, schema, &table).await?;
     for b in [100usize, 1000] {
+        // The Runner's claim and ack statements in a loop inside the server:
+        // no round trips, no client. What the SQL itself costs.
+        for (what, procedure) in [
+            ("in_server_claim_ack", "claim_ack_loop"),
+            ("in_server_raw", "raw_loop"),
+        ] {
+            exec(admin, format!("TRUNCATE {table}")).await?;
+            fill_pg(admin, &tables, n as usize, KEYS, 2).await?;
+            settle_table(admin, &table).await?;
+            let start = Instant::now();
+            exec(admin, format!("CALL \"{schema}\".{procedure}({b})")).await?;
+            let rate = n as f64 / start.elapsed().as_secs_f64();
+            rec.add("profile", format!("pg.b{b}.{what}_ev_s"), rate, "ev/s");
+        }
         exec(admin, format!("TRUNCATE {table}")).await?;
         fill_pg(admin, &tables, n as usize, KEYS, 2).await?;
         settle_table(admin, &table).await?;
@@ -120,5 +135,61 @@ async fn run_in(
             );
         }
     }
+    Ok(())
+}
+
+/// Two procedures that drain the table inside the server, a batch per
+/// transaction: `claim_ack_loop` runs the Runner's PostgreSQL claim (as in
+/// `outbox/src/store/postgres.rs`, keep them in step) then its ack;
+/// `raw_loop` the raw `DELETE … FOR UPDATE SKIP LOCKED`.
+async fn create_procedures(admin: &sqlx::PgPool, schema: &str, ev: &str) -> anyhow::Result<()> {
+    exec(
+        admin,
+        format!(
+            "CREATE PROCEDURE \"{schema}\".claim_ack_loop(lim int) LANGUAGE plpgsql AS $p$ \
+             DECLARE ids uuid[]; me uuid := gen_random_uuid(); \
+             BEGIN LOOP \
+               WITH c AS ( \
+                 SELECT e.id FROM {ev} e \
+                 WHERE (SELECT set_config('synchronous_commit', 'off', true)) = 'off' \
+                   AND e.due_at <= now() \
+                   AND (e.lease_until IS NULL OR e.lease_until <= now()) \
+                   AND (e.partition_key IS NULL OR NOT EXISTS ( \
+                     SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key AND p.id < e.id)) \
+                   AND e.id <= COALESCE(( \
+                     SELECT d.id FROM {ev} d WHERE d.due_at <= now() \
+                       AND (d.lease_until IS NULL OR d.lease_until <= now()) \
+                     ORDER BY d.id OFFSET greatest(4 * lim, 64) LIMIT 1), \
+                     'ffffffff-ffff-ffff-ffff-ffffffffffff') \
+                 ORDER BY e.id LIMIT lim FOR UPDATE SKIP LOCKED), \
+               u AS (UPDATE {ev} e SET lease_owner = me, \
+                   lease_until = now() + interval '60 s', attempts = e.attempts + 1 \
+                 FROM c WHERE e.id = c.id \
+                 RETURNING e.id, e.event_type, e.version, e.topic, e.partition_key, e.payload, \
+                   e.headers::text, e.done, e.only_publishers) \
+               SELECT array_agg(id) INTO ids FROM u; \
+               COMMIT; \
+               EXIT WHEN ids IS NULL; \
+               DELETE FROM {ev} WHERE id = ANY(ids) AND lease_owner = me; \
+               COMMIT; \
+             END LOOP; END $p$"
+        ),
+    )
+    .await?;
+    exec(
+        admin,
+        format!(
+            "CREATE PROCEDURE \"{schema}\".raw_loop(lim int) LANGUAGE plpgsql AS $p$ \
+             DECLARE k int; \
+             BEGIN LOOP \
+               DELETE FROM {ev} WHERE id IN ( \
+                 SELECT id FROM {ev} ORDER BY id LIMIT lim FOR UPDATE SKIP LOCKED); \
+               GET DIAGNOSTICS k = ROW_COUNT; \
+               COMMIT; \
+               EXIT WHEN k = 0; \
+             END LOOP; END $p$"
+        ),
+    )
+    .await?;
     Ok(())
 }

@@ -163,6 +163,7 @@ async fn run_in(
             if i > 0 || batch > 100 {
                 refill(admin, &tables, n).await?;
             }
+            let cpu = CpuTimes::now();
             let rate = if what == "raw" {
                 drain_raw(&raw_pool, &table, n, batch, count).await?
             } else {
@@ -179,6 +180,14 @@ async fn run_in(
                 rate
             };
             rec.add("relay", format!("{tag}.{what}{count}_ev_s"), rate, "ev/s");
+            if let Some(busy) = cpu.busy_share() {
+                rec.add(
+                    "relay",
+                    format!("{tag}.{what}{count}_cpu_busy"),
+                    busy,
+                    "of all cores",
+                );
+            }
             got[i] = rate;
         }
         let [raw1, runner1, raw2, runner2] = got;
@@ -204,4 +213,39 @@ async fn run_in(
     // Let the last Runners' pools close before the next part.
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
+}
+
+/// The machine's CPU time counters (`/proc/stat`), to tell how busy all
+/// cores were during a drain: a drain that keeps them busy cannot go faster
+/// by adding Runners on the same machine.
+pub(crate) struct CpuTimes {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    pub(crate) fn now() -> Self {
+        let (busy, total) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().next()?.strip_prefix("cpu ")?.to_owned();
+                let v: Vec<u64> = line
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal ...
+                let total: u64 = v.iter().take(8).sum();
+                let idle = v.get(3)? + v.get(4)?;
+                Some((total - idle, total))
+            })
+            .unwrap_or((0, 0));
+        Self { busy, total }
+    }
+
+    /// Share of all cores' time that was busy since `self` was taken.
+    pub(crate) fn busy_share(&self) -> Option<f64> {
+        let now = Self::now();
+        let total = now.total.checked_sub(self.total)?;
+        (total > 0).then(|| now.busy.saturating_sub(self.busy) as f64 / total as f64)
+    }
 }
