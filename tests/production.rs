@@ -346,6 +346,7 @@ async fn producers_and_a_runner_sustain_30_seconds_without_backlog_growth() {
     .await
     .unwrap();
     for wanted in [
+        "fillfactor=50",
         "autovacuum_vacuum_scale_factor=0",
         "autovacuum_vacuum_cost_delay=0",
     ] {
@@ -659,5 +660,57 @@ async fn the_claims_relaxed_commit_does_not_leak_into_the_pool() {
         .unwrap();
     assert!(other.is_empty(), "leased events were claimed again");
     one.close().await;
+    db.cleanup().await;
+}
+
+/// Autovacuum visits a table only once per `autovacuum_naptime` (a minute by
+/// default); until then every claim wades through the dead rows that acks
+/// left at the head of the queue. The Runner's Source vacuums the table
+/// itself after every few thousand acked events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_vacuums_the_events_table_it_empties() {
+    let db = TestDb::new(Backend::Postgres, "vacuum").await;
+    let (pool, schema) = pg(&db);
+    let vacuums = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT vacuum_count FROM pg_stat_user_tables \
+             WHERE schemaname = $1 AND relname = 'outbox_events'",
+        )
+        .bind(schema)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(vacuums().await, 0);
+    for chunk in 0..12u64 {
+        let events: Vec<CrashEvent> = (0..1000)
+            .map(|i| CrashEvent {
+                key: format!("k{i}"),
+                seq: chunk,
+            })
+            .collect();
+        let mut tx = db.begin().await;
+        tx.enqueue_all(&events).await;
+        tx.commit().await;
+    }
+    let rec = Recorder::new("rec", &["crash.event"]);
+    let report = db
+        .runner()
+        .publisher(rec.clone())
+        .batch_size(500)
+        .build()
+        .unwrap()
+        .drain()
+        .await
+        .unwrap();
+    assert_eq!(report.published, 12_000);
+    let start = Instant::now();
+    while vacuums().await == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "12,000 events were acked and nobody vacuumed the events table"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     db.cleanup().await;
 }
