@@ -46,11 +46,20 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Timing {
 }
 
 pub(crate) async fn run(cfg: &Config, rec: &mut Recorder) -> anyhow::Result<()> {
-    let totals: Totals = Arc::default();
-    let subscriber = tracing_subscriber::registry().with(Timing {
-        totals: totals.clone(),
-    });
-    tracing::subscriber::set_global_default(subscriber)?;
+    // One subscriber for the process: `--runs N` calls this N times.
+    static TOTALS: std::sync::OnceLock<Totals> = std::sync::OnceLock::new();
+    let mut installed = Ok(());
+    let totals = TOTALS
+        .get_or_init(|| {
+            let totals: Totals = Arc::default();
+            let subscriber = tracing_subscriber::registry().with(Timing {
+                totals: totals.clone(),
+            });
+            installed = tracing::subscriber::set_global_default(subscriber);
+            totals
+        })
+        .clone();
+    installed?;
     let admin = pg_pool(&cfg.url, 2).await?;
     let schema = fresh_schema(&admin, "prof").await?;
     let result = run_in(cfg, rec, &admin, &schema, &totals).await;
