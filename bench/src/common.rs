@@ -414,7 +414,7 @@ pub(crate) fn group(runs: &[Vec<Figure>]) -> Vec<(Figure, Vec<f64>)> {
     order.into_iter().filter_map(|k| by.remove(&k)).collect()
 }
 
-/// The value of a figure in /proc/<pid>/status, in KiB (`VmHWM`, `VmRSS`).
+/// The value of a figure in `/proc/<pid>/status`, in KiB (`VmHWM`, `VmRSS`).
 pub(crate) fn proc_status_kib(pid: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| {
