@@ -207,7 +207,9 @@ async fn measure(
     Ok(acc.into_iter().map(|(n, secs)| n as f64 / secs).collect())
 }
 
-async fn run_workers(
+/// Transactions of `k` events each that `conns` connections commit in
+/// `window` in `mode`, and the seconds taken.
+pub(crate) async fn run_workers(
     pool: &PgPool,
     setup: &Arc<Setup>,
     mode: Mode,

@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::common::{
     Config, Recorder, Sink, drop_schema, events_table, exec, fresh_schema, pg_pool, settle_table,
 };
-use crate::enqueue::{Mode, Setup, batch};
+use crate::enqueue::{Mode, Setup, run_workers};
 
 const PRODUCERS: usize = 4;
 
@@ -21,37 +21,14 @@ pub(crate) async fn run(cfg: &Config, rec: &mut Recorder) -> anyhow::Result<()> 
     result
 }
 
-/// Transactions committed by the producers in `window`, and the seconds taken.
+/// Transactions (one event each) committed by the producers in `window`,
+/// and the seconds taken.
 async fn produce(
     pool: &sqlx::PgPool,
     setup: &Arc<Setup>,
     window: Duration,
 ) -> anyhow::Result<(u64, f64)> {
-    let start = Instant::now();
-    let deadline = start + window;
-    let mut tasks = Vec::new();
-    for w in 0..PRODUCERS {
-        let pool = pool.clone();
-        let setup = setup.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut conn = pool.acquire().await?;
-            let mut n = 0u64;
-            let mut seq = (w as i64) << 40;
-            while Instant::now() < deadline {
-                setup
-                    .transaction(&mut conn, Mode::Outbox, &batch(seq, 1))
-                    .await?;
-                seq += 1;
-                n += 1;
-            }
-            anyhow::Ok(n)
-        }));
-    }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await??;
-    }
-    Ok((total, start.elapsed().as_secs_f64()))
+    run_workers(pool, setup, Mode::Outbox, 1, PRODUCERS, window).await
 }
 
 async fn run_in(cfg: &Config, rec: &mut Recorder, schema: &str) -> anyhow::Result<()> {
