@@ -210,10 +210,23 @@ pub(crate) fn parse_json_list(json: Option<&str>) -> Option<Vec<String>> {
     }
 }
 
-/// How many of the oldest due rows a claim looks at first.
+/// A claim in two looks: `claim(window)` first over the oldest due rows
+/// only (4 x `limit`, at least 64), since scanning the whole table for heads
+/// costs a key probe per row when most keys are blocked; then, only if that
+/// window holds nothing claimable, over everything (`i64::MAX`), so that a
+/// blocked key never holds up the others.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub(crate) fn claim_window(limit: usize) -> i64 {
-    i64::try_from(limit.saturating_mul(4).max(64)).unwrap_or(i64::MAX)
+pub(crate) async fn claim_in_window<T, F, Fut>(limit: usize, mut claim: F) -> Result<Vec<T>, Error>
+where
+    F: FnMut(i64) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, Error>>,
+{
+    let window = i64::try_from(limit.saturating_mul(4).max(64)).unwrap_or(i64::MAX);
+    let first = claim(window).await?;
+    if !first.is_empty() {
+        return Ok(first);
+    }
+    claim(i64::MAX).await
 }
 
 pub(crate) fn system_time_from_millis(ms: i64) -> SystemTime {

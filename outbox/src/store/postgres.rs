@@ -13,7 +13,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
 use super::{
-    Backend, ClaimedEvent, DeadLetter, Settlement, Source, claim_window, duration_millis,
+    Backend, ClaimedEvent, DeadLetter, Settlement, Source, claim_in_window, duration_millis,
     millis_since_epoch, storage_box, system_time_from_millis,
 };
 use crate::event::NewEvent;
@@ -294,11 +294,7 @@ impl Source for PgSource {
         // again, which at-least-once allows; an ack, which commits durably
         // and after the claim, flushes the claim's WAL with its own.
         //
-        // First look only at the oldest due rows (a window): when most keys
-        // are blocked, a scan of the whole table for heads would cost a
-        // probe per row. Only if the window holds nothing claimable, look at
-        // everything, so that a blocked key never holds up the others.
-        for window in [claim_window(limit), i64::MAX] {
+        claim_in_window(limit, |window| async move {
             let rows = q(&self.sql.claim)
                 .bind(owner)
                 .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -306,11 +302,9 @@ impl Source for PgSource {
                 .bind(window)
                 .fetch_all(&self.pool)
                 .await?;
-            if !rows.is_empty() || window == i64::MAX {
-                return Ok(rows.iter().map(claimed).collect::<Result<_, _>>()?);
-            }
-        }
-        Ok(Vec::new())
+            Ok(rows.iter().map(claimed).collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
     async fn ack(&self, owner: Uuid, ids: &[Uuid]) -> Result<u64, Error> {

@@ -12,7 +12,7 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    Backend, ClaimedEvent, DeadLetter, Settlement, Source, claim_window, duration_millis,
+    Backend, ClaimedEvent, DeadLetter, Settlement, Source, claim_in_window, duration_millis,
     json_list, millis_since_epoch, parse_json_list, storage_box, system_time_from_millis,
 };
 use crate::event::NewEvent;
@@ -181,21 +181,16 @@ impl Source for SqliteSource {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedEvent>, Error> {
-        // As on PostgreSQL: the oldest due rows first, everything only when
-        // they hold nothing claimable.
-        let mut rows = Vec::new();
-        for window in [claim_window(limit), i64::MAX] {
-            rows = q(&self.sql.claim)
+        let rows = claim_in_window(limit, |window| async move {
+            Ok(q(&self.sql.claim)
                 .bind(owner.to_string())
                 .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                 .bind(duration_millis(lease))
                 .bind(window)
                 .fetch_all(&self.pool)
-                .await?;
-            if !rows.is_empty() {
-                break;
-            }
-        }
+                .await?)
+        })
+        .await?;
         let mut events = rows.iter().map(claimed).collect::<Result<Vec<_>, _>>()?;
         events.sort_by_key(|e| e.event.id);
         Ok(events)
