@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -160,7 +159,7 @@ pub(crate) struct PgSource {
     sql: Arc<Sql>,
     channel: String,
     listener: tokio::sync::Mutex<Option<PgListener>>,
-    vacuum: Arc<Vacuum>,
+    vacuum: Arc<Mutex<Vacuum>>,
 }
 
 /// Acked events are deleted at the head of the queue, and until vacuum
@@ -173,12 +172,15 @@ pub(crate) struct PgSource {
 /// vacuums the events table itself after every [`VACUUM_EVERY`] deleted
 /// events, at most once a [`VACUUM_INTERVAL`], in the background, skipping
 /// when a vacuum already runs on it, and only when its role owns the table.
+#[derive(Default)]
 struct Vacuum {
-    deleted: AtomicU64,
-    running: AtomicBool,
-    /// 0: not checked yet, 1: this role owns the table, 2: it does not.
-    allowed: AtomicU8,
-    last: Mutex<Option<Instant>>,
+    /// Events deleted since the last vacuum started.
+    deleted: u64,
+    /// When the last vacuum started.
+    last: Option<Instant>,
+    running: bool,
+    /// Whether this role owns the table; `None` until checked.
+    owner: Option<bool>,
 }
 
 /// Deleted events after which the Source vacuums the events table.
@@ -189,58 +191,66 @@ const VACUUM_INTERVAL: Duration = Duration::from_secs(1);
 impl PgSource {
     /// Count deleted events; start a vacuum when it is time.
     fn deleted(&self, n: u64) {
-        let v = &self.vacuum;
-        if v.deleted.fetch_add(n, Ordering::Relaxed) + n < VACUUM_EVERY
-            || v.allowed.load(Ordering::Relaxed) == 2
         {
-            return;
-        }
-        {
-            let mut last = v.last.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < VACUUM_INTERVAL) {
+            let mut v = self.vacuum.lock().unwrap_or_else(|e| e.into_inner());
+            v.deleted = v.deleted.saturating_add(n);
+            if v.deleted < VACUUM_EVERY
+                || v.running
+                || v.owner == Some(false)
+                || v.last.is_some_and(|t| t.elapsed() < VACUUM_INTERVAL)
+            {
                 return;
             }
-            if v.running.swap(true, Ordering::AcqRel) {
-                return;
-            }
-            *last = Some(Instant::now());
+            v.deleted = 0;
+            v.running = true;
+            v.last = Some(Instant::now());
         }
-        v.deleted.store(0, Ordering::Relaxed);
-        let (pool, sql, v) = (self.pool.clone(), self.sql.clone(), v.clone());
+        let (pool, sql, state) = (self.pool.clone(), self.sql.clone(), self.vacuum.clone());
         tokio::spawn(async move {
-            if let Err(error) = vacuum(&pool, &sql, &v).await {
-                tracing::warn!(%error, table = %sql.events, "outbox: vacuuming the events table failed");
+            let owner = state.lock().unwrap_or_else(|e| e.into_inner()).owner;
+            let result = vacuum(&pool, &sql, owner).await;
+            let mut v = state.lock().unwrap_or_else(|e| e.into_inner());
+            v.running = false;
+            match result {
+                Ok(owner) => v.owner = Some(owner),
+                Err(error) => {
+                    tracing::warn!(%error, table = %sql.events, "outbox: vacuuming the events table failed");
+                }
             }
-            v.running.store(false, Ordering::Release);
         });
     }
 }
 
-async fn vacuum(pool: &PgPool, sql: &Sql, v: &Vacuum) -> Result<(), Error> {
-    if v.allowed.load(Ordering::Relaxed) == 0 {
-        let owns: bool = q(&sql.owns_table)
-            .bind(&sql.events)
-            .fetch_one(pool)
-            .await?
-            .try_get(0)?;
-        if !owns {
-            tracing::info!(
-                table = %sql.events,
-                "outbox: this role does not own the events table, so it leaves vacuuming it to \
-                 autovacuum; under sustained load, lower autovacuum_naptime (e.g. to 1s)"
-            );
-            v.allowed.store(2, Ordering::Relaxed);
-            return Ok(());
+/// Vacuum the events table when this role owns it (checked once, when
+/// `owner` is not known yet). Returns whether it does.
+async fn vacuum(pool: &PgPool, sql: &Sql, owner: Option<bool>) -> Result<bool, Error> {
+    let owner = match owner {
+        Some(known) => known,
+        None => {
+            let owns: bool = q(&sql.owns_table)
+                .bind(&sql.events)
+                .fetch_one(pool)
+                .await?
+                .try_get(0)?;
+            if !owns {
+                tracing::info!(
+                    table = %sql.events,
+                    "outbox: this role does not own the events table, so it leaves vacuuming it \
+                     to autovacuum; under sustained load, lower autovacuum_naptime (e.g. to 1s)"
+                );
+            }
+            owns
         }
-        v.allowed.store(1, Ordering::Relaxed);
+    };
+    if owner {
+        let started = Instant::now();
+        sqlx::query(AssertSqlSafe(sql.vacuum.clone()))
+            .persistent(false)
+            .execute(pool)
+            .await?;
+        tracing::debug!(took = ?started.elapsed(), "outbox: vacuumed the events table");
     }
-    let started = Instant::now();
-    sqlx::query(AssertSqlSafe(sql.vacuum.clone()))
-        .persistent(false)
-        .execute(pool)
-        .await?;
-    tracing::debug!(took = ?started.elapsed(), "outbox: vacuumed the events table");
-    Ok(())
+    Ok(owner)
 }
 
 /// The NOTIFY channel of these tables: readable when it fits PostgreSQL's
@@ -666,12 +676,7 @@ impl Backend for Postgres {
             sql: Arc::new(Sql::new(tables)),
             channel: channel(tables),
             listener: tokio::sync::Mutex::new(None),
-            vacuum: Arc::new(Vacuum {
-                deleted: AtomicU64::new(0),
-                running: AtomicBool::new(false),
-                allowed: AtomicU8::new(0),
-                last: Mutex::new(None),
-            }),
+            vacuum: Arc::default(),
         })
     }
 }
