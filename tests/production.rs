@@ -714,3 +714,51 @@ async fn the_runner_vacuums_the_events_table_it_empties() {
     }
     db.cleanup().await;
 }
+
+/// A claim that hangs (the database stopped answering) does not hold up a
+/// shutdown: the Runner stops within the grace period, not after the pool's
+/// acquire timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_hanging_claim() {
+    let db = TestDb::new(Backend::Postgres, "hanging_claim").await;
+    let (_, schema) = pg(&db);
+    let proxy = FaultProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let url = pg_url().replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port()));
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect(&url)
+        .await
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let runner = outbox::Runner::builder(pool)
+        .tables(outbox::Tables::default().schema(schema).unwrap())
+        .without_registered()
+        .publisher(Recorder::new("rec", &[ORDER_EVENT]))
+        .listen(false)
+        .poll_interval(Duration::from_millis(50))
+        .shutdown(async move {
+            let _ = stop_rx.await;
+        })
+        .build()
+        .unwrap();
+    let task = tokio::spawn(runner.run());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.blackhole(true);
+    // Let a claim start and hang.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    stop_tx.send(()).unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the Runner waited for its hanging claim")
+        .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        asked.elapsed()
+    );
+    proxy.blackhole(false);
+    db.cleanup().await;
+}

@@ -455,7 +455,20 @@ impl Core {
                 .source
                 .claim(self.owner, self.settings.batch_size, self.settings.lease)
                 .instrument(info_span!("outbox.claim", limit = self.settings.batch_size));
+            // A shutdown does not wait for a claim (which can hang as long as
+            // the pool's acquire timeout while the database is unreachable),
+            // but it lets the ack finish.
+            let claim = async {
+                tokio::select! {
+                    biased;
+                    () = stopped(stop) => None,
+                    claimed = claim => Some(claimed),
+                }
+            };
             let (claimed, ()) = tokio::join!(claim, self.ack(&acking));
+            let Some(claimed) = claimed else {
+                break;
+            };
             match claimed {
                 Err(e) => {
                     failures += 1;
