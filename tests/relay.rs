@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use outbox::{Failure, NewEvent, OutboxEvent, PublishError, Settlement, Tables, Uuid};
+use outbox::{Failure, NewEvent, OutboxEvent, Outcome, PublishError, Settlement, Tables, Uuid};
 use outbox_tests::{Answer, Backend, Recorder, TestDb};
 use serde::{Deserialize, Serialize};
 
@@ -101,7 +101,9 @@ on_every_backend!(
     dead_letters_can_be_listed_retried_and_purged,
     same_key_waits_for_its_head_other_keys_go_on,
     expired_lease_fences_the_old_holder,
-    event_without_publisher_is_retried_then_dead_lettered,
+    an_event_without_publisher_waits_for_one,
+    a_no_publisher_dead_letter_of_an_older_release_reaches_every_publisher,
+    a_retried_dead_letter_waits_for_its_publisher,
     migrate_is_idempotent,
     a_blocked_key_with_a_deep_backlog_holds_up_no_other_key,
     large_payloads_round_trip,
@@ -687,28 +689,144 @@ async fn expired_lease_fences_the_old_holder(backend: Backend) {
     db.cleanup().await;
 }
 
-async fn event_without_publisher_is_retried_then_dead_lettered(backend: Backend) {
+/// The story of the issue that typed the outcomes: events enqueued while
+/// no publisher of their type is deployed are never finished without one.
+/// They wait (a drain says why), no dead letter is written, and the Runner
+/// deployed later gives each of its publishers each event exactly once, in
+/// order.
+async fn an_event_without_publisher_waits_for_one(backend: Backend) {
     let db = TestDb::new(backend, "no_publisher").await;
-    place(&db, 1).await;
-    let report = db
+    let mut tx = db.begin().await;
+    let mut ids = Vec::new();
+    for key in [1, 1, 2] {
+        ids.push(tx.enqueue(&order(key)).await);
+    }
+    tx.commit().await;
+    let undeployed = db
         .runner()
         .publisher(Recorder::new("invoices", &["test.invoice"]))
         .max_attempts(2)
         .build()
         .unwrap()
         .drain()
+        .await;
+    match undeployed {
+        Err(outbox::Error::NoPublisher { event_types }) => {
+            assert_eq!(event_types, vec![ORDER.to_owned()]);
+        }
+        other => panic!("drain without a publisher returned {other:?}"),
+    }
+    let source = db.source();
+    assert!(source.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(db.pending().await, 3, "an event without publisher left");
+    assert_eq!(source.retry_dead_letters(None).await.unwrap(), 0);
+
+    let (billing, audit) = (
+        Recorder::new("billing", &[ORDER]),
+        Recorder::new("audit", &[ORDER]),
+    );
+    let report = db
+        .runner()
+        .publisher(billing.clone())
+        .publisher(audit.clone())
+        .build()
+        .unwrap()
+        .drain()
         .await
         .unwrap();
-    assert_eq!(report.retried, 1);
-    assert_eq!(report.dead_lettered, 1);
-    let dead = db.source().dead_letters(10).await.unwrap();
-    assert!(
-        dead[0]
-            .error
-            .contains("no publisher for event type `test.order`"),
-        "{}",
-        dead[0].error
+    assert_eq!(report.published, 6);
+    for recorder in [&billing, &audit] {
+        let of_key = |key: &str| -> Vec<Uuid> {
+            let calls = recorder.calls();
+            calls
+                .iter()
+                .filter(|c| c.key.as_deref() == Some(key))
+                .map(|c| c.id)
+                .collect()
+        };
+        assert_eq!(of_key("1"), ids[..2], "each event of key 1 once, in order");
+        assert_eq!(of_key("2"), ids[2..], "the event of key 2 once");
+    }
+    assert_eq!(db.pending().await, 0);
+    db.cleanup().await;
+}
+
+/// Dead letters an older release wrote under the pseudo-publisher `(none)`
+/// (no publisher accepted the event) go, once retried, to every publisher
+/// that accepts the event now.
+async fn a_no_publisher_dead_letter_of_an_older_release_reaches_every_publisher(backend: Backend) {
+    let db = TestDb::new(backend, "legacy_none").await;
+    let id = place(&db, 1).await;
+    let source = db.source();
+    let owner = Uuid::now_v7();
+    assert_eq!(source.claim(owner, 10, LEASE).await.unwrap().len(), 1);
+    let legacy = Settlement::finish(id).with_dead_letters(vec![Failure {
+        publisher: "(none)".into(),
+        error: "no publisher for event type `test.order` is registered in this Runner".into(),
+    }]);
+    assert!(source.settle(owner, &legacy).await.unwrap());
+    assert_eq!(source.retry_dead_letters(None).await.unwrap(), 1);
+
+    let (billing, audit) = (
+        Recorder::new("billing", &[ORDER]),
+        Recorder::new("audit", &[ORDER]),
     );
+    db.runner()
+        .publisher(billing.clone())
+        .publisher(audit.clone())
+        .build()
+        .unwrap()
+        .drain()
+        .await
+        .unwrap();
+    assert_eq!(billing.calls().len(), 1);
+    assert_eq!(audit.calls().len(), 1);
+    db.cleanup().await;
+}
+
+/// A retried dead letter is owed only to the publisher that failed; a
+/// Runner without that publisher neither finishes it nor calls the others.
+async fn a_retried_dead_letter_waits_for_its_publisher(backend: Backend) {
+    let db = TestDb::new(backend, "owed_elsewhere").await;
+    let id = place(&db, 1).await;
+    let source = db.source();
+    let owner = Uuid::now_v7();
+    assert_eq!(source.claim(owner, 10, LEASE).await.unwrap().len(), 1);
+    let dead = Settlement::finish(id)
+        .with_delivered(vec!["billing".into()])
+        .with_dead_letters(vec![Failure {
+            publisher: "audit".into(),
+            error: "refused".into(),
+        }]);
+    assert!(source.settle(owner, &dead).await.unwrap());
+    assert_eq!(source.retry_dead_letters(None).await.unwrap(), 1);
+
+    let billing = Recorder::new("billing", &[ORDER]);
+    let without_audit = db
+        .runner()
+        .publisher(billing.clone())
+        .build()
+        .unwrap()
+        .drain()
+        .await;
+    assert!(
+        matches!(without_audit, Err(outbox::Error::NoPublisher { .. })),
+        "{without_audit:?}"
+    );
+    assert!(billing.calls().is_empty(), "billing had it already");
+    assert_eq!(db.pending().await, 1, "the retried dead letter was dropped");
+
+    let audit = Recorder::new("audit", &[ORDER]);
+    db.runner()
+        .publisher(billing.clone())
+        .publisher(audit.clone())
+        .build()
+        .unwrap()
+        .drain()
+        .await
+        .unwrap();
+    assert_eq!(audit.calls().len(), 1);
+    assert!(billing.calls().is_empty());
     db.cleanup().await;
 }
 
@@ -803,12 +921,10 @@ async fn large_payloads_round_trip(backend: Backend) {
 
     // Through the dead-letter table and back.
     let id = events[0].id;
-    let mut settlement = Settlement::finish(id);
-    settlement.done = vec!["sink".into()];
-    settlement.dead = vec![Failure {
+    let settlement = Settlement::finish(id).with_dead_letters(vec![Failure {
         publisher: "sink".into(),
         error: "refused".into(),
-    }];
+    }]);
     assert!(source.settle(owner, &settlement).await.unwrap());
     let dead = source.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
@@ -882,16 +998,15 @@ async fn unicode_and_empty_fields_round_trip(backend: Backend) {
             "created_at {:?} is not the database's now",
             got.created_at
         );
-        assert!(c.done.is_empty());
+        assert!(c.delivered.is_empty() && c.dead.is_empty());
         assert_eq!(c.only, None);
     }
 
     // Unicode survives the dead-letter table too.
-    let mut settlement = Settlement::finish(events[0].id);
-    settlement.dead = vec![Failure {
+    let settlement = Settlement::finish(events[0].id).with_dead_letters(vec![Failure {
         publisher: "püblisher-✉".into(),
         error: "ошибка ❌: größer als erlaubt".into(),
-    }];
+    }]);
     assert!(source.settle(owner, &settlement).await.unwrap());
     let dead = source.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
@@ -1026,8 +1141,13 @@ async fn concurrent_claimers_keep_per_key_order(backend: Backend) {
                         keyless_acked.lock().unwrap().push(id);
                     }
                     if fail {
-                        let mut retry = Settlement::finish(id);
-                        retry.retry = Some((Duration::ZERO, "once".into()));
+                        let retry = Settlement::new(
+                            id,
+                            Outcome::Retry {
+                                delay: Duration::ZERO,
+                                error: "once".into(),
+                            },
+                        );
                         assert!(source.settle(owner, &retry).await.unwrap());
                         continue;
                     }
@@ -1111,9 +1231,14 @@ async fn retry_waits_for_its_delay(backend: Backend) {
     assert_eq!(source.ack(owner, &[events[1].id]).await.unwrap(), 1);
 
     let delay = Duration::from_millis(1500);
-    let mut retry = Settlement::finish(events[0].id);
-    retry.done = vec!["first".into()];
-    retry.retry = Some((delay, "try again later".into()));
+    let retry = Settlement::new(
+        events[0].id,
+        Outcome::Retry {
+            delay,
+            error: "try again later".into(),
+        },
+    )
+    .with_delivered(vec!["first".into()]);
     let settled = Instant::now();
     assert!(source.settle(owner, &retry).await.unwrap());
     // Another settle by the same owner finds no lease: the retry gave it up.
@@ -1156,7 +1281,7 @@ async fn retry_waits_for_its_delay(backend: Backend) {
     );
     assert_eq!(sorted_ids(&again), vec![events[0].id]);
     assert_eq!(again[0].event.attempt, 2);
-    assert_eq!(again[0].done, vec!["first".to_owned()]);
+    assert_eq!(again[0].delivered, vec!["first".to_owned()]);
     assert_eq!(source.ack(other, &[events[0].id]).await.unwrap(), 1);
     let last = source.claim(other, 10, LEASE).await.unwrap();
     assert_eq!(sorted_ids(&last), vec![events[2].id]);
@@ -1283,8 +1408,13 @@ async fn a_blocked_key_with_a_deep_backlog_holds_up_no_other_key(backend: Backen
         .unwrap();
     assert_eq!(head.len(), 1);
     assert_eq!(head[0].event.partition_key.as_deref(), Some("1"));
-    let mut retry = outbox::Settlement::finish(head[0].event.id);
-    retry.retry = Some((Duration::from_secs(60), "later".into()));
+    let retry = outbox::Settlement::new(
+        head[0].event.id,
+        outbox::Outcome::Retry {
+            delay: Duration::from_secs(60),
+            error: "later".into(),
+        },
+    );
     assert!(source.settle(owner, &retry).await.unwrap());
     let next = source
         .claim(owner, 10, Duration::from_secs(60))

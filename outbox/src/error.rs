@@ -36,6 +36,16 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// [`Runner::drain`](crate::Runner::drain) cannot empty the outbox: the
+    /// events left are owed to publishers this Runner does not have.
+    #[error(
+        "events of type {event_types:?} are owed to publishers that this Runner does not have, so the outbox cannot be drained; they wait there for a Runner that has them (register a #[publisher] for the type, or give one with `.publisher(..)`)"
+    )]
+    NoPublisher {
+        /// The event types of the events that wait.
+        event_types: Vec<String>,
+    },
+
     /// Two publishers were registered under one name.
     #[error(
         "two publishers are named `{name}` (for {first} and {second}); publisher names must be unique, rename one with #[publisher(name = \"...\")]"

@@ -73,13 +73,6 @@ pub struct EventTypeInfo {
     pub rust_type: &'static str,
 }
 
-inventory::collect!(EventTypeInfo);
-
-/// The event types registered by `#[derive(OutboxEvent)]` in this binary.
-pub fn registered_event_types() -> impl Iterator<Item = &'static EventTypeInfo> {
-    inventory::iter::<EventTypeInfo>.into_iter()
-}
-
 /// A value that can serve as a partition key (`#[outbox(key = field)]`).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be used as a partition key",
@@ -145,6 +138,45 @@ pub struct StorageBox {
     pub created_at: SystemTime,
     /// Which attempt this is: 1 on the first delivery.
     pub attempt: u32,
+}
+
+impl StorageBox {
+    /// A stored event as a publisher receives it on its first attempt: a
+    /// fresh UUIDv7 id, schema version 1, the type name as topic, no key, no
+    /// headers, created now. For testing publishers and for custom Sources;
+    /// set the public fields to change the rest.
+    ///
+    /// ```
+    /// let mut event = outbox::StorageBox::new("order.placed", br#"{"order_id":7}"#.to_vec());
+    /// event.partition_key = Some("7".into());
+    /// let cx = outbox::Context::for_event(event);
+    /// assert_eq!(cx.attempt(), 1);
+    /// ```
+    pub fn new(event_type: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Self::from(NewEvent::new(event_type, payload))
+    }
+
+    /// The stored form of a typed event, as a publisher receives it on its
+    /// first attempt (headers from the header hook included).
+    pub fn from_event<E: OutboxEvent>(event: &E) -> Result<Self, crate::Error> {
+        NewEvent::from_event(event).map(Self::from)
+    }
+}
+
+impl From<NewEvent> for StorageBox {
+    fn from(e: NewEvent) -> Self {
+        Self {
+            id: e.id,
+            event_type: e.event_type,
+            version: e.version,
+            topic: e.topic,
+            partition_key: e.partition_key,
+            payload: e.payload,
+            headers: e.headers,
+            created_at: SystemTime::now(),
+            attempt: 1,
+        }
+    }
 }
 
 /// An event to insert: a [`StorageBox`] before it has been stored.

@@ -94,25 +94,28 @@ extern crate self as outbox;
 
 #[cfg(feature = "_brokers")]
 pub mod brokers;
+mod delivery;
+mod enqueue;
 mod error;
 mod event;
 mod publisher;
+mod registry;
 mod runner;
 mod store;
 mod tables;
 
+pub use delivery::{ClaimedEvent, Failure, Outcome, Settlement};
+pub use enqueue::{enqueue, enqueue_all, enqueue_raw};
 pub use error::{BoxError, DecodeError, Error, FailureKind, PublishError};
-pub use event::{
-    EventTypeInfo, NewEvent, OutboxEvent, PartitionKey, StorageBox, registered_event_types,
-    set_header_hook,
-};
+pub use event::{EventTypeInfo, NewEvent, OutboxEvent, PartitionKey, StorageBox, set_header_hook};
 pub use outbox_derive::{OutboxEvent, publisher};
 pub use publisher::{
     Context, FromContext, Publisher, PublisherOutput, PublisherRegistration, State,
-    StateRequirement, publisher_fn, registered_publishers,
+    StateRequirement, publisher_fn,
 };
-pub use runner::{KeyPolicy, RunReport, Runner, RunnerBuilder};
-pub use store::{Backend, ClaimedEvent, DeadLetter, Failure, Headers, Settlement, Source, source};
+pub use registry::{registered_event_types, registered_publishers};
+pub use runner::{KeyPolicy, RunReport, Runner, RunnerBuilder, run};
+pub use store::{Backend, DeadLetter, Source, migrate, source};
 pub use tables::Tables;
 
 #[cfg(feature = "http")]
@@ -126,104 +129,6 @@ pub use brokers::rabbitmq;
 #[cfg(feature = "redis")]
 pub use brokers::redis;
 pub use uuid::Uuid;
-
-/// Enqueue one event in the caller's transaction, in the default tables.
-///
-/// The event becomes visible to the Runner when, and only when, the
-/// transaction commits. Returns the event's id (a UUIDv7).
-///
-/// ```no_run
-/// # use outbox::OutboxEvent;
-/// # #[derive(serde::Serialize, serde::Deserialize, OutboxEvent)]
-/// # struct OrderPlaced { order_id: i64 }
-/// # async fn demo(pool: sqlx::SqlitePool) -> anyhow::Result<()> {
-/// let mut tx = pool.begin().await?;
-/// sqlx::query("INSERT INTO orders (id) VALUES (?)").bind(7).execute(&mut *tx).await?;
-/// let id = outbox::enqueue(&mut tx, &OrderPlaced { order_id: 7 }).await?;
-/// tx.commit().await?;
-/// # let _ = id; Ok(()) }
-/// ```
-pub async fn enqueue<DB: Backend, E: OutboxEvent>(
-    tx: &mut sqlx::Transaction<'_, DB>,
-    event: &E,
-) -> Result<Uuid, Error> {
-    Tables::default().enqueue(tx, event).await
-}
-
-/// Enqueue several events of one type in the caller's transaction, in one
-/// statement where the database allows. Returns their ids in order.
-pub async fn enqueue_all<'e, DB: Backend, E: OutboxEvent>(
-    tx: &mut sqlx::Transaction<'_, DB>,
-    events: impl IntoIterator<Item = &'e E>,
-) -> Result<Vec<Uuid>, Error> {
-    Tables::default().enqueue_all(tx, events).await
-}
-
-/// Enqueue events that no Rust type describes (or of several types at
-/// once), in the caller's transaction.
-pub async fn enqueue_raw<DB: Backend>(
-    tx: &mut sqlx::Transaction<'_, DB>,
-    events: &[NewEvent],
-) -> Result<(), Error> {
-    Tables::default().enqueue_raw(tx, events).await
-}
-
-/// Create the outbox tables if they do not exist (default names). Idempotent
-/// and safe to run from several processes at once.
-pub async fn migrate<DB: Backend>(pool: &sqlx::Pool<DB>) -> Result<(), Error> {
-    Tables::default().migrate(pool).await
-}
-
-/// Run a Runner with every `#[publisher]` of this binary and the default
-/// settings until Ctrl-C or SIGTERM.
-///
-/// Use [`Runner::builder`] to give state, tune batches and retries, or add
-/// broker publishers.
-pub async fn run<DB: Backend>(pool: sqlx::Pool<DB>) -> Result<RunReport, Error> {
-    Runner::builder(pool).build()?.run().await
-}
-
-impl Tables {
-    /// [`enqueue`] into these tables.
-    pub async fn enqueue<DB: Backend, E: OutboxEvent>(
-        &self,
-        tx: &mut sqlx::Transaction<'_, DB>,
-        event: &E,
-    ) -> Result<Uuid, Error> {
-        let event = NewEvent::from_event(event)?;
-        let id = event.id;
-        DB::__enqueue(&mut **tx, self, std::slice::from_ref(&event)).await?;
-        Ok(id)
-    }
-
-    /// [`enqueue_all`] into these tables.
-    pub async fn enqueue_all<'e, DB: Backend, E: OutboxEvent>(
-        &self,
-        tx: &mut sqlx::Transaction<'_, DB>,
-        events: impl IntoIterator<Item = &'e E>,
-    ) -> Result<Vec<Uuid>, Error> {
-        let events = events
-            .into_iter()
-            .map(NewEvent::from_event)
-            .collect::<Result<Vec<_>, _>>()?;
-        DB::__enqueue(&mut **tx, self, &events).await?;
-        Ok(events.iter().map(|e| e.id).collect())
-    }
-
-    /// [`enqueue_raw`] into these tables.
-    pub async fn enqueue_raw<DB: Backend>(
-        &self,
-        tx: &mut sqlx::Transaction<'_, DB>,
-        events: &[NewEvent],
-    ) -> Result<(), Error> {
-        DB::__enqueue(&mut **tx, self, events).await
-    }
-
-    /// [`migrate`] these tables.
-    pub async fn migrate<DB: Backend>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
-        DB::__migrate(pool, self).await
-    }
-}
 
 /// Items used by the code that the macros generate. Not a public API.
 #[doc(hidden)]

@@ -233,34 +233,6 @@ pub struct PublisherRegistration {
     pub call: fn(Context) -> BoxFuture<'static, Result<(), PublishError>>,
 }
 
-inventory::collect!(PublisherRegistration);
-
-/// The publishers registered with `#[publisher]` in this binary.
-pub fn registered_publishers() -> impl Iterator<Item = &'static PublisherRegistration> {
-    inventory::iter::<PublisherRegistration>.into_iter()
-}
-
-pub(crate) struct Registered(pub(crate) &'static PublisherRegistration);
-
-#[async_trait]
-impl Publisher for Registered {
-    fn name(&self) -> &str {
-        self.0.name
-    }
-
-    fn accepts(&self, event_type: &str) -> bool {
-        self.0.event_type == event_type
-    }
-
-    fn required_state(&self) -> Option<StateRequirement> {
-        (self.0.requires)()
-    }
-
-    async fn publish(&self, cx: &Context) -> Result<(), PublishError> {
-        (self.0.call)(cx.clone()).await
-    }
-}
-
 /// A publisher for events of type `E` from a closure, for wiring by hand
 /// (without `#[publisher]` and inventory).
 ///

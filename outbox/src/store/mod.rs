@@ -1,14 +1,13 @@
 //! The Source: where the Runner claims events and reports what became of them.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
-use crate::event::{NewEvent, StorageBox};
+use crate::delivery::{ClaimedEvent, Settlement};
+use crate::event::StorageBox;
 use crate::{Error, Tables};
 
 #[cfg(feature = "mysql")]
@@ -17,70 +16,6 @@ pub(crate) mod mysql;
 pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
-
-/// A claimed event with the Runner's bookkeeping.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ClaimedEvent {
-    /// The event as publishers see it.
-    pub event: Arc<StorageBox>,
-    /// Publishers that are finished with this event (succeeded or dead-lettered).
-    pub done: Vec<String>,
-    /// When set, only these publishers still have to get it (a retried dead letter).
-    pub only: Option<Vec<String>>,
-}
-
-impl ClaimedEvent {
-    /// Assemble a claimed event (for Source implementations).
-    pub fn new(event: StorageBox, done: Vec<String>, only: Option<Vec<String>>) -> Self {
-        Self {
-            event: Arc::new(event),
-            done,
-            only,
-        }
-    }
-}
-
-/// One publisher's delivery that is given up on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// The publisher's name.
-    pub publisher: String,
-    /// Why.
-    pub error: String,
-}
-
-/// What to do with a claimed event that did not simply succeed everywhere.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Settlement {
-    /// The event.
-    pub id: Uuid,
-    /// Publishers now finished with it (including those dead-lettered now).
-    pub done: Vec<String>,
-    /// Deliveries to move to the dead-letter table now.
-    pub dead: Vec<Failure>,
-    /// `Some`: try the remaining publishers again after this delay, recording
-    /// this error. `None`: the event is finished; delete it.
-    pub retry: Option<(Duration, String)>,
-    /// With `retry: None` and dead letters: keep the event in the outbox,
-    /// never due, so that its partition key stays blocked until an operator
-    /// retries or purges the dead letter ([`KeyPolicy::Block`](crate::KeyPolicy::Block)).
-    pub park: bool,
-}
-
-impl Settlement {
-    /// Finish the event: every publisher is done with it.
-    pub fn finish(id: Uuid) -> Self {
-        Self {
-            id,
-            done: Vec::new(),
-            dead: Vec::new(),
-            retry: None,
-            park: false,
-        }
-    }
-}
 
 /// A delivery in the dead-letter table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,8 +56,13 @@ pub trait Source: Send + Sync + 'static {
     /// were deleted (fewer when a lease was lost).
     async fn ack(&self, owner: Uuid, ids: &[Uuid]) -> Result<u64, Error>;
 
-    /// Record partial progress, dead letters and a retry, or finish the event.
-    /// Returns false when the lease was lost and nothing was changed.
+    /// Record the Runner's decision for one event, in one transaction: write
+    /// its [`dead_letters`](Settlement::dead_letters), then, by its
+    /// [`Outcome`](crate::Outcome): delete the event (`Finish`); make it due
+    /// again after the delay with its delivered/dead publishers and last
+    /// error recorded (`Retry`); the same without counting this attempt
+    /// (`Hold`); or keep it never due, holding its key (`Park`). Returns
+    /// false when the lease was lost and nothing was changed.
     async fn settle(&self, owner: Uuid, settlement: &Settlement) -> Result<bool, Error>;
 
     /// Give events back unfinished (on shutdown), due at once.
@@ -156,41 +96,83 @@ pub trait Source: Send + Sync + 'static {
     async fn purge_dead_letters(&self, before: SystemTime) -> Result<u64, Error>;
 }
 
-mod sealed {
-    pub trait Sealed {}
+/// Rows written by releases before outcomes were typed, read the same as
+/// new ones: the dead mark inside `done`, and dead letters of an event that
+/// no publisher accepted, recorded under the name `(none)`.
+pub(crate) mod legacy {
+    /// The mark older releases put in `done` once a delivery was
+    /// dead-lettered.
+    const DEAD_MARK: &str = "\u{1}dead-lettered";
+    /// The name older releases dead-lettered an event under when no
+    /// publisher accepted its type.
+    pub(crate) const NO_PUBLISHER: &str = "(none)";
+
+    /// Publishers that delivered an event, without the old dead mark.
+    pub(crate) fn delivered(mut done: Vec<String>) -> Vec<String> {
+        done.retain(|p| p != DEAD_MARK);
+        done
+    }
+
+    /// Who a requeued event is owed to: a requeued `(none)` dead letter is
+    /// owed to every publisher that accepts it now.
+    pub(crate) fn only(only: Option<Vec<String>>) -> Option<Vec<String>> {
+        only.filter(|list| !list.iter().any(|p| p == NO_PUBLISHER))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn old_marks_are_read_as_typed_facts() {
+            let done = vec!["a".to_owned(), super::DEAD_MARK.to_owned()];
+            assert_eq!(super::delivered(done), vec!["a".to_owned()]);
+            assert_eq!(super::only(Some(vec!["(none)".to_owned()])), None);
+            let only = Some(vec!["b".to_owned()]);
+            assert_eq!(super::only(only.clone()), only);
+        }
+    }
+}
+
+pub(crate) mod sealed {
+    use std::sync::Arc;
+
+    use futures_util::future::BoxFuture;
+
+    use crate::event::NewEvent;
+    use crate::{Error, Source, Tables};
+
+    /// What each database supplies: its enqueue, migrate and Source. Sealed,
+    /// so that these stay internal and can change between releases.
+    pub trait Sealed: sqlx::Database {
+        fn enqueue<'a>(
+            conn: &'a mut Self::Connection,
+            tables: &'a Tables,
+            events: &'a [NewEvent],
+        ) -> BoxFuture<'a, Result<(), Error>>;
+
+        fn migrate<'a>(
+            pool: &'a sqlx::Pool<Self>,
+            tables: &'a Tables,
+        ) -> BoxFuture<'a, Result<(), Error>>;
+
+        fn source(pool: sqlx::Pool<Self>, tables: &Tables) -> Arc<dyn Source>;
+    }
 }
 
 /// A database the outbox can live in: `sqlx::Postgres` (feature `postgres`),
 /// `sqlx::MySql` (feature `mysql`) or `sqlx::Sqlite` (feature `sqlite`).
-pub trait Backend: sqlx::Database + sealed::Sealed {
-    #[doc(hidden)]
-    fn __enqueue<'a>(
-        conn: &'a mut Self::Connection,
-        tables: &'a Tables,
-        events: &'a [NewEvent],
-    ) -> BoxFuture<'a, Result<(), Error>>;
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a database the outbox is built for",
+    label = "the outbox has no store for this database",
+    note = "enable the outbox's cargo feature for it: `postgres` for `sqlx::Postgres`, `mysql` for `sqlx::MySql`, `sqlite` for `sqlx::Sqlite` (the default), e.g. `outbox = {{ version = \"0.1\", features = [\"postgres\"] }}`"
+)]
+pub trait Backend: sealed::Sealed {}
 
-    #[doc(hidden)]
-    fn __migrate<'a>(
-        pool: &'a sqlx::Pool<Self>,
-        tables: &'a Tables,
-    ) -> BoxFuture<'a, Result<(), Error>>;
-
-    #[doc(hidden)]
-    fn __source(pool: sqlx::Pool<Self>, tables: &Tables) -> Arc<dyn Source>;
-}
-
-#[cfg(feature = "mysql")]
-impl sealed::Sealed for sqlx::MySql {}
-#[cfg(feature = "postgres")]
-impl sealed::Sealed for sqlx::Postgres {}
-#[cfg(feature = "sqlite")]
-impl sealed::Sealed for sqlx::Sqlite {}
+impl<DB: sealed::Sealed> Backend for DB {}
 
 /// The Source for a pool: what the Runner uses, exposed for tests and tools
 /// (dead-letter administration).
 pub fn source<DB: Backend>(pool: sqlx::Pool<DB>, tables: &Tables) -> Arc<dyn Source> {
-    DB::__source(pool, tables)
+    <DB as sealed::Sealed>::source(pool, tables)
 }
 
 #[cfg(any(feature = "sqlite", feature = "mysql"))]
@@ -273,5 +255,15 @@ pub(crate) fn storage_box(
     }
 }
 
-/// Headers of an event, as stored.
-pub type Headers = BTreeMap<String, String>;
+/// Create the outbox tables if they do not exist (default names). Idempotent
+/// and safe to run from several processes at once.
+pub async fn migrate<DB: Backend>(pool: &sqlx::Pool<DB>) -> Result<(), Error> {
+    Tables::default().migrate(pool).await
+}
+
+impl Tables {
+    /// [`migrate`](crate::migrate) these tables.
+    pub async fn migrate<DB: Backend>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
+        <DB as sealed::Sealed>::migrate(pool, self).await
+    }
+}

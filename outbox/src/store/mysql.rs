@@ -32,9 +32,10 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::{
-    Backend, ClaimedEvent, DeadLetter, Settlement, Source, duration_millis, json_list,
-    millis_since_epoch, parse_json_list, storage_box,
+    DeadLetter, Source, duration_millis, json_list, legacy, millis_since_epoch, parse_json_list,
+    storage_box,
 };
+use crate::delivery::{ClaimedEvent, Outcome, Settlement};
 use crate::event::{NewEvent, StorageBox};
 use crate::{Error, Tables};
 
@@ -154,7 +155,8 @@ impl Sql {
         Self {
             claim: format!(
                 "SELECT e.id, e.event_type, e.version, e.topic, e.partition_key, e.payload, \
-                   e.headers, {e_created}, e.attempts, e.done, e.only_publishers \
+                   e.headers, {e_created}, e.attempts, e.done, e.only_publishers, \
+                   e.dead_publishers \
                  FROM {ev} e \
                  WHERE e.due_at <= {NOW} \
                    AND (e.lease_until IS NULL OR e.lease_until <= {NOW}) \
@@ -166,14 +168,15 @@ impl Sql {
             .into(),
             retry: format!(
                 "UPDATE {ev} SET due_at = {NOW} + INTERVAL ? MICROSECOND, done = ?, \
-                   last_error = ?, lease_owner = NULL, lease_until = NULL \
+                   dead_publishers = ?, last_error = ?, attempts = GREATEST(attempts - ?, 0), \
+                   lease_owner = NULL, lease_until = NULL \
                  WHERE id = ? AND lease_owner = ?"
             )
             .into(),
             delete_one: format!("DELETE FROM {ev} WHERE id = ? AND lease_owner = ?").into(),
             park: format!(
-                "UPDATE {ev} SET due_at = {PARKED}, done = ?, last_error = ?, \
-                   lease_owner = NULL, lease_until = NULL \
+                "UPDATE {ev} SET due_at = {PARKED}, done = ?, dead_publishers = ?, \
+                   last_error = ?, lease_owner = NULL, lease_until = NULL \
                  WHERE id = ? AND lease_owner = ?"
             )
             .into(),
@@ -326,9 +329,15 @@ impl Source for MySqlSource {
             let mut event = event_of(row)?;
             // The row is locked: the UPDATE below makes it exactly this.
             event.attempt = event.attempt.saturating_add(1);
-            let done = parse_json_list(row.try_get::<Option<&str>, _>(9)?).unwrap_or_default();
-            let only = parse_json_list(row.try_get::<Option<&str>, _>(10)?);
-            events.push(ClaimedEvent::new(event, done, only));
+            let list = |i: usize| -> Result<Option<Vec<String>>, sqlx::Error> {
+                Ok(parse_json_list(row.try_get::<Option<&str>, _>(i)?))
+            };
+            events.push(
+                ClaimedEvent::new(event)
+                    .with_delivered(legacy::delivered(list(9)?.unwrap_or_default()))
+                    .with_only(legacy::only(list(10)?))
+                    .with_dead(list(11)?.unwrap_or_default()),
+            );
         }
         let ids: Vec<Uuid> = events.iter().map(|e| e.event.id).collect();
         let ids = padded(&ids);
@@ -360,7 +369,7 @@ impl Source for MySqlSource {
     async fn settle(&self, owner: Uuid, s: &Settlement) -> Result<bool, Error> {
         self.ready().await?;
         let mut tx = self.pool.begin().await?;
-        for failure in &s.dead {
+        for failure in &s.dead_letters {
             q(&self.sql.dead)
                 .bind(&failure.publisher)
                 .bind(&failure.error)
@@ -370,33 +379,34 @@ impl Source for MySqlSource {
                 .execute(&mut *tx)
                 .await?;
         }
-        let changed = match &s.retry {
-            Some((delay, error)) => {
+        let changed = match &s.outcome {
+            Outcome::Retry { delay, error }
+            | Outcome::Hold {
+                delay,
+                reason: error,
+            } => {
                 q(&self.sql.retry)
                     .bind(micros(*delay))
-                    .bind(json_list(&s.done))
+                    .bind(json_list(&s.delivered))
+                    .bind(json_list(&s.dead))
                     .bind(error)
+                    .bind(i32::from(matches!(s.outcome, Outcome::Hold { .. })))
                     .bind(s.id)
                     .bind(owner)
                     .execute(&mut *tx)
                     .await?
             }
-            None if s.park => {
-                let error = s
-                    .dead
-                    .iter()
-                    .map(|f| format!("{}: {}", f.publisher, f.error))
-                    .collect::<Vec<_>>()
-                    .join("; ");
+            Outcome::Park { error } => {
                 q(&self.sql.park)
-                    .bind(json_list(&s.done))
+                    .bind(json_list(&s.delivered))
+                    .bind(json_list(&s.dead))
                     .bind(error)
                     .bind(s.id)
                     .bind(owner)
                     .execute(&mut *tx)
                     .await?
             }
-            None => {
+            Outcome::Finish => {
                 q(&self.sql.delete_one)
                     .bind(s.id)
                     .bind(owner)
@@ -636,6 +646,7 @@ async fn migrate(pool: &MySqlPool, tables: &Tables) -> Result<(), Error> {
            lease_owner BINARY(16) NULL, \
            lease_until DATETIME(3) NULL, \
            done TEXT NOT NULL, \
+           dead_publishers TEXT NULL, \
            only_publishers TEXT NULL, \
            last_error LONGTEXT NULL, \
            INDEX key_idx (partition_key, id)) \
@@ -672,6 +683,9 @@ async fn migrate(pool: &MySqlPool, tables: &Tables) -> Result<(), Error> {
             break;
         }
     }
+    if outcome.is_ok() {
+        outcome = add_dead_publishers(&mut conn, tables, &ev).await;
+    }
     sqlx::query(AssertSqlSafe(format!("DO RELEASE_LOCK({lock})")))
         .bind(tables.schema_name())
         .bind(tables.prefix())
@@ -680,8 +694,36 @@ async fn migrate(pool: &MySqlPool, tables: &Tables) -> Result<(), Error> {
     outcome
 }
 
-impl Backend for MySql {
-    fn __enqueue<'a>(
+/// Tables made before dead-lettered publishers had a column of their own
+/// (they were marked inside `done`) get it. MySQL 8 has no `ADD COLUMN IF
+/// NOT EXISTS`, so ask the catalog first.
+async fn add_dead_publishers(
+    conn: &mut MySqlConnection,
+    tables: &Tables,
+    ev: &str,
+) -> Result<(), Error> {
+    let has: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
+           AND COLUMN_NAME = 'dead_publishers'",
+    )
+    .bind(tables.schema_name())
+    .bind(format!("{}_events", tables.prefix()))
+    .fetch_one(&mut *conn)
+    .await?;
+    if has == 0 {
+        sqlx::query(AssertSqlSafe(format!(
+            "ALTER TABLE {ev} ADD COLUMN dead_publishers TEXT NULL AFTER done"
+        )))
+        .persistent(false)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+impl super::sealed::Sealed for MySql {
+    fn enqueue<'a>(
         conn: &'a mut MySqlConnection,
         tables: &'a Tables,
         events: &'a [NewEvent],
@@ -689,11 +731,11 @@ impl Backend for MySql {
         Box::pin(enqueue(conn, tables, events))
     }
 
-    fn __migrate<'a>(pool: &'a MySqlPool, tables: &'a Tables) -> BoxFuture<'a, Result<(), Error>> {
+    fn migrate<'a>(pool: &'a MySqlPool, tables: &'a Tables) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(migrate(pool, tables))
     }
 
-    fn __source(pool: MySqlPool, tables: &Tables) -> Arc<dyn Source> {
+    fn source(pool: MySqlPool, tables: &Tables) -> Arc<dyn Source> {
         Arc::new(MySqlSource {
             pool,
             sql: Sql::new(tables),

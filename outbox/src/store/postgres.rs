@@ -12,9 +12,10 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
 use super::{
-    Backend, ClaimedEvent, DeadLetter, Settlement, Source, claim_in_window, duration_millis,
-    millis_since_epoch, storage_box, system_time_from_millis,
+    DeadLetter, Source, claim_in_window, duration_millis, legacy, millis_since_epoch, storage_box,
+    system_time_from_millis,
 };
+use crate::delivery::{ClaimedEvent, Outcome, Settlement};
 use crate::event::NewEvent;
 use crate::{Error, Tables};
 
@@ -66,20 +67,21 @@ impl Sql {
                  FROM c WHERE e.id = c.id \
                  RETURNING e.id, e.event_type, e.version, e.topic, e.partition_key, e.payload, \
                    e.headers::text, (extract(epoch from e.created_at) * 1000)::int8, e.attempts, \
-                   e.done, e.only_publishers"
+                   e.done, e.only_publishers, e.dead_publishers"
             )
             .into(),
             ack: format!("DELETE FROM {ev} WHERE id = ANY($1) AND lease_owner = $2").into(),
             retry: format!(
                 "UPDATE {ev} SET due_at = now() + $3::float8 * interval '1 millisecond', \
-                   done = $4, last_error = $5, lease_owner = NULL, lease_until = NULL \
+                   done = $4, dead_publishers = $5, last_error = $6, \
+                   attempts = GREATEST(attempts - $7, 0), lease_owner = NULL, lease_until = NULL \
                  WHERE id = $1 AND lease_owner = $2"
             )
             .into(),
             delete_one: format!("DELETE FROM {ev} WHERE id = $1 AND lease_owner = $2").into(),
             park: format!(
-                "UPDATE {ev} SET due_at = 'infinity', done = $3, last_error = $4, \
-                   lease_owner = NULL, lease_until = NULL \
+                "UPDATE {ev} SET due_at = 'infinity', done = $3, dead_publishers = $4, \
+                   last_error = $5, lease_owner = NULL, lease_until = NULL \
                  WHERE id = $1 AND lease_owner = $2"
             )
             .into(),
@@ -286,7 +288,10 @@ fn claimed(row: &PgRow) -> Result<ClaimedEvent, sqlx::Error> {
         row.try_get(7)?,
         row.try_get(8)?,
     );
-    Ok(ClaimedEvent::new(event, row.try_get(9)?, row.try_get(10)?))
+    Ok(ClaimedEvent::new(event)
+        .with_delivered(legacy::delivered(row.try_get(9)?))
+        .with_only(legacy::only(row.try_get(10)?))
+        .with_dead(row.try_get(11)?))
 }
 
 #[async_trait]
@@ -329,9 +334,13 @@ impl Source for PgSource {
 
     async fn settle(&self, owner: Uuid, s: &Settlement) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
-        if !s.dead.is_empty() {
-            let publishers: Vec<&str> = s.dead.iter().map(|f| f.publisher.as_str()).collect();
-            let errors: Vec<&str> = s.dead.iter().map(|f| f.error.as_str()).collect();
+        if !s.dead_letters.is_empty() {
+            let publishers: Vec<&str> = s
+                .dead_letters
+                .iter()
+                .map(|f| f.publisher.as_str())
+                .collect();
+            let errors: Vec<&str> = s.dead_letters.iter().map(|f| f.error.as_str()).collect();
             q(&self.sql.dead)
                 .bind(s.id)
                 .bind(owner)
@@ -340,33 +349,34 @@ impl Source for PgSource {
                 .execute(&mut *tx)
                 .await?;
         }
-        let changed = match &s.retry {
-            Some((delay, error)) => {
+        let changed = match &s.outcome {
+            Outcome::Retry { delay, error }
+            | Outcome::Hold {
+                delay,
+                reason: error,
+            } => {
                 q(&self.sql.retry)
                     .bind(s.id)
                     .bind(owner)
                     .bind(duration_millis(*delay) as f64)
-                    .bind(&s.done)
+                    .bind(&s.delivered)
+                    .bind(&s.dead)
                     .bind(error)
+                    .bind(i32::from(matches!(s.outcome, Outcome::Hold { .. })))
                     .execute(&mut *tx)
                     .await?
             }
-            None if s.park => {
-                let error = s
-                    .dead
-                    .iter()
-                    .map(|f| format!("{}: {}", f.publisher, f.error))
-                    .collect::<Vec<_>>()
-                    .join("; ");
+            Outcome::Park { error } => {
                 q(&self.sql.park)
                     .bind(s.id)
                     .bind(owner)
-                    .bind(&s.done)
+                    .bind(&s.delivered)
+                    .bind(&s.dead)
                     .bind(error)
                     .execute(&mut *tx)
                     .await?
             }
-            None => {
+            Outcome::Finish => {
                 q(&self.sql.delete_one)
                     .bind(s.id)
                     .bind(owner)
@@ -575,8 +585,14 @@ async fn migrate(pool: &PgPool, tables: &Tables) -> Result<(), Error> {
            lease_owner uuid, \
            lease_until timestamptz, \
            done text[] NOT NULL DEFAULT '{{}}', \
+           dead_publishers text[] NOT NULL DEFAULT '{{}}', \
            only_publishers text[], \
            last_error text)"
+    ));
+    // Tables made before dead-lettered publishers had a column of their own
+    // (they were marked inside `done`).
+    statements.push(format!(
+        "ALTER TABLE {ev} ADD COLUMN IF NOT EXISTS dead_publishers text[] NOT NULL DEFAULT '{{}}'"
     ));
     statements.push(format!(
         "CREATE INDEX IF NOT EXISTS {key_idx} ON {ev} (partition_key, id) \
@@ -657,8 +673,8 @@ async fn migrate(pool: &PgPool, tables: &Tables) -> Result<(), Error> {
     Ok(())
 }
 
-impl Backend for Postgres {
-    fn __enqueue<'a>(
+impl super::sealed::Sealed for Postgres {
+    fn enqueue<'a>(
         conn: &'a mut PgConnection,
         tables: &'a Tables,
         events: &'a [NewEvent],
@@ -666,11 +682,11 @@ impl Backend for Postgres {
         Box::pin(enqueue(conn, tables, events))
     }
 
-    fn __migrate<'a>(pool: &'a PgPool, tables: &'a Tables) -> BoxFuture<'a, Result<(), Error>> {
+    fn migrate<'a>(pool: &'a PgPool, tables: &'a Tables) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(migrate(pool, tables))
     }
 
-    fn __source(pool: PgPool, tables: &Tables) -> Arc<dyn Source> {
+    fn source(pool: PgPool, tables: &Tables) -> Arc<dyn Source> {
         Arc::new(PgSource {
             pool,
             sql: Arc::new(Sql::new(tables)),

@@ -12,9 +12,10 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    Backend, ClaimedEvent, DeadLetter, Settlement, Source, claim_in_window, duration_millis,
-    json_list, millis_since_epoch, parse_json_list, storage_box, system_time_from_millis,
+    DeadLetter, Source, claim_in_window, duration_millis, json_list, legacy, millis_since_epoch,
+    parse_json_list, storage_box, system_time_from_millis,
 };
+use crate::delivery::{ClaimedEvent, Outcome, Settlement};
 use crate::event::NewEvent;
 use crate::{Error, Tables};
 
@@ -65,7 +66,7 @@ impl Sql {
                        ORDER BY d.id LIMIT 1 OFFSET ?4), 'g') \
                    ORDER BY e.id LIMIT ?2) \
                  RETURNING id, event_type, version, topic, partition_key, payload, headers, \
-                   created_at, attempts, done, only_publishers"
+                   created_at, attempts, done, only_publishers, dead_publishers"
             )
             .into(),
             ack: format!(
@@ -73,15 +74,16 @@ impl Sql {
             )
             .into(),
             retry: format!(
-                "UPDATE {ev} SET due_at = {NOW} + ?3, done = ?4, last_error = ?5, \
+                "UPDATE {ev} SET due_at = {NOW} + ?3, done = ?4, dead_publishers = ?5, \
+                   last_error = ?6, attempts = MAX(attempts - ?7, 0), \
                    lease_owner = NULL, lease_until = NULL \
                  WHERE id = ?1 AND lease_owner = ?2"
             )
             .into(),
             delete_one: format!("DELETE FROM {ev} WHERE id = ?1 AND lease_owner = ?2").into(),
             park: format!(
-                "UPDATE {ev} SET due_at = {PARKED}, done = ?3, last_error = ?4, \
-                   lease_owner = NULL, lease_until = NULL \
+                "UPDATE {ev} SET due_at = {PARKED}, done = ?3, dead_publishers = ?4, \
+                   last_error = ?5, lease_owner = NULL, lease_until = NULL \
                  WHERE id = ?1 AND lease_owner = ?2"
             )
             .into(),
@@ -163,9 +165,13 @@ fn event_of(row: &SqliteRow) -> Result<crate::event::StorageBox, sqlx::Error> {
 }
 
 fn claimed(row: &SqliteRow) -> Result<ClaimedEvent, sqlx::Error> {
-    let done = parse_json_list(row.try_get::<Option<&str>, _>(9)?).unwrap_or_default();
-    let only = parse_json_list(row.try_get::<Option<&str>, _>(10)?);
-    Ok(ClaimedEvent::new(event_of(row)?, done, only))
+    let list = |i: usize| -> Result<Option<Vec<String>>, sqlx::Error> {
+        Ok(parse_json_list(row.try_get::<Option<&str>, _>(i)?))
+    };
+    Ok(ClaimedEvent::new(event_of(row)?)
+        .with_delivered(legacy::delivered(list(9)?.unwrap_or_default()))
+        .with_only(legacy::only(list(10)?))
+        .with_dead(list(11)?.unwrap_or_default()))
 }
 
 fn id_list(ids: &[Uuid]) -> String {
@@ -209,7 +215,7 @@ impl Source for SqliteSource {
         let owner = owner.to_string();
         let id = s.id.to_string();
         let mut tx = self.pool.begin().await?;
-        for failure in &s.dead {
+        for failure in &s.dead_letters {
             q(&self.sql.dead)
                 .bind(&id)
                 .bind(&owner)
@@ -218,33 +224,34 @@ impl Source for SqliteSource {
                 .execute(&mut *tx)
                 .await?;
         }
-        let changed = match &s.retry {
-            Some((delay, error)) => {
+        let changed = match &s.outcome {
+            Outcome::Retry { delay, error }
+            | Outcome::Hold {
+                delay,
+                reason: error,
+            } => {
                 q(&self.sql.retry)
                     .bind(&id)
                     .bind(&owner)
                     .bind(duration_millis(*delay))
-                    .bind(json_list(&s.done))
+                    .bind(json_list(&s.delivered))
+                    .bind(json_list(&s.dead))
                     .bind(error)
+                    .bind(i32::from(matches!(s.outcome, Outcome::Hold { .. })))
                     .execute(&mut *tx)
                     .await?
             }
-            None if s.park => {
-                let error = s
-                    .dead
-                    .iter()
-                    .map(|f| format!("{}: {}", f.publisher, f.error))
-                    .collect::<Vec<_>>()
-                    .join("; ");
+            Outcome::Park { error } => {
                 q(&self.sql.park)
                     .bind(&id)
                     .bind(&owner)
-                    .bind(json_list(&s.done))
+                    .bind(json_list(&s.delivered))
+                    .bind(json_list(&s.dead))
                     .bind(error)
                     .execute(&mut *tx)
                     .await?
             }
-            None => {
+            Outcome::Finish => {
                 q(&self.sql.delete_one)
                     .bind(&id)
                     .bind(&owner)
@@ -394,6 +401,7 @@ async fn migrate(pool: &SqlitePool, tables: &Tables) -> Result<(), Error> {
                lease_owner TEXT, \
                lease_until INTEGER, \
                done TEXT NOT NULL DEFAULT '[]', \
+               dead_publishers TEXT, \
                only_publishers TEXT, \
                last_error TEXT) WITHOUT ROWID"
         ),
@@ -426,12 +434,31 @@ async fn migrate(pool: &SqlitePool, tables: &Tables) -> Result<(), Error> {
             .execute(&mut *tx)
             .await?;
     }
+    // Tables made before dead-lettered publishers had a column of their own
+    // (they were marked inside `done`) get it; SQLite has no `ADD COLUMN IF
+    // NOT EXISTS`.
+    let schema = tables.schema_name().unwrap_or("main");
+    let has: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pragma_table_info(?1, ?2) WHERE name = 'dead_publishers'",
+    )
+    .bind(format!("{}_events", tables.prefix()))
+    .bind(schema)
+    .fetch_one(&mut *tx)
+    .await?;
+    if has == 0 {
+        sqlx::query(AssertSqlSafe(format!(
+            "ALTER TABLE {ev} ADD COLUMN dead_publishers TEXT"
+        )))
+        .persistent(false)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(())
 }
 
-impl Backend for Sqlite {
-    fn __enqueue<'a>(
+impl super::sealed::Sealed for Sqlite {
+    fn enqueue<'a>(
         conn: &'a mut SqliteConnection,
         tables: &'a Tables,
         events: &'a [NewEvent],
@@ -439,11 +466,11 @@ impl Backend for Sqlite {
         Box::pin(enqueue(conn, tables, events))
     }
 
-    fn __migrate<'a>(pool: &'a SqlitePool, tables: &'a Tables) -> BoxFuture<'a, Result<(), Error>> {
+    fn migrate<'a>(pool: &'a SqlitePool, tables: &'a Tables) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(migrate(pool, tables))
     }
 
-    fn __source(pool: SqlitePool, tables: &Tables) -> Arc<dyn Source> {
+    fn source(pool: SqlitePool, tables: &Tables) -> Arc<dyn Source> {
         Arc::new(SqliteSource {
             pool,
             sql: Sql::new(tables),

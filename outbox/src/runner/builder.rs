@@ -1,0 +1,283 @@
+//! Configuring a Runner: the builder, its settings and their validation.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use uuid::Uuid;
+
+use super::decide::Policy;
+use super::{Core, Runner, Stats};
+use crate::error::Error;
+use crate::publisher::{Publisher, States};
+use crate::registry::{Candidates, Registry};
+use crate::store::Source;
+use crate::tables::Tables;
+
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub(super) batch_size: usize,
+    pub(super) concurrency: usize,
+    pub(super) max_attempts: u32,
+    pub(super) lease: Duration,
+    pub(super) poll_interval: Duration,
+    pub(super) backoff_initial: Duration,
+    pub(super) backoff_max: Duration,
+    pub(super) publish_timeout: Duration,
+    pub(super) grace_period: Duration,
+    pub(super) listen: bool,
+    pub(super) key_policy: KeyPolicy,
+    pub(super) dead_letter_retention: Option<Duration>,
+}
+
+/// What happens to a partition key when one of its events is dead-lettered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyPolicy {
+    /// The dead-lettered event leaves the outbox and the key's next event
+    /// goes on (the default): one poisoned event does not stop a key for
+    /// good, at the price of a gap in that key's order, which the dead
+    /// letter records.
+    #[default]
+    Skip,
+    /// The key stops: the event stays in the outbox, never due, and no later
+    /// event of its key is published until an operator retries its dead
+    /// letter (it goes first, in its original place) or purges it (the key
+    /// moves on). For consumers that must never see a gap.
+    Block,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            concurrency: 64,
+            max_attempts: 10,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(250),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(600),
+            publish_timeout: Duration::from_secs(10),
+            grace_period: Duration::from_secs(10),
+            listen: true,
+            key_policy: KeyPolicy::Skip,
+            dead_letter_retention: None,
+        }
+    }
+}
+
+/// Where the Runner's Source comes from.
+pub(super) enum SourceFactory {
+    /// A pool: the Source is made for the builder's tables.
+    Pool(Box<dyn FnOnce(&Tables) -> Arc<dyn Source> + Send>),
+    /// A Source made by the caller, with its own tables.
+    Given(Arc<dyn Source>),
+}
+
+/// Configures a [`Runner`]. Start with [`Runner::builder`].
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::SqlitePool) -> Result<(), outbox::Error> {
+/// use std::time::Duration;
+/// outbox::Runner::builder(pool)
+///     .batch_size(100)
+///     .max_attempts(10)
+///     .backoff(Duration::from_millis(500), Duration::from_secs(300))
+///     .build()?
+///     .run()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until `.build()?.run()` is called"]
+pub struct RunnerBuilder {
+    pub(super) source: SourceFactory,
+    pub(super) tables: Option<Tables>,
+    pub(super) settings: Settings,
+    pub(super) states: States,
+    pub(super) publishers: Candidates,
+    pub(super) use_registered: bool,
+    pub(super) shutdown: Option<BoxFuture<'static, ()>>,
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.settings.$name = value;
+            self
+        }
+    };
+}
+
+impl RunnerBuilder {
+    /// Give publishers a shared value, received as `State<T>`.
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(Arc::new(value));
+        self
+    }
+
+    /// Like [`state`](Self::state), for a value already in an `Arc`.
+    pub fn state_arc<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        self.states.insert(value);
+        self
+    }
+
+    /// Add a publisher that is not registered through `#[publisher]`: a
+    /// broker publisher, or one from [`publisher_fn`](crate::publisher_fn).
+    pub fn publisher(mut self, publisher: impl Publisher) -> Self {
+        let description = format!("publisher `{}` given to the builder", publisher.name());
+        self.publishers.push((Arc::new(publisher), description));
+        self
+    }
+
+    /// Leave out the publishers registered with `#[publisher]` in this
+    /// binary; only those given with [`publisher`](Self::publisher) run.
+    pub fn without_registered(mut self) -> Self {
+        self.use_registered = false;
+        self
+    }
+
+    /// Use these tables instead of the default `outbox_*`. Only for a
+    /// Runner built from a pool: one built with
+    /// [`Runner::with_source`](super::Runner::with_source) uses its Source's
+    /// tables, and [`build`](Self::build) refuses this setting there.
+    pub fn tables(mut self, tables: Tables) -> Self {
+        self.tables = Some(tables);
+        self
+    }
+
+    /// Stop when this future completes, instead of on Ctrl-C or SIGTERM.
+    pub fn shutdown(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.shutdown = Some(Box::pin(signal));
+        self
+    }
+
+    setter!(
+        /// Most events claimed at once (default 100).
+        batch_size: usize
+    );
+    setter!(
+        /// Most events of a batch published at the same time (default 64).
+        concurrency: usize
+    );
+    setter!(
+        /// Attempts before a transiently failing delivery is dead-lettered (default 10).
+        max_attempts: u32
+    );
+    setter!(
+        /// How long a claim is held before another Runner may take the event
+        /// (default 60 s). Must exceed [`publish_timeout`](Self::publish_timeout).
+        lease: Duration
+    );
+    setter!(
+        /// How often an idle Runner looks for due events (default 250 ms),
+        /// also when it listens for wake-ups.
+        poll_interval: Duration
+    );
+    setter!(
+        /// Wake up on the database's notifications (default true; PostgreSQL
+        /// LISTEN/NOTIFY). Set false for poll-only mode, for example behind a
+        /// connection pooler in transaction mode, where LISTEN does not work.
+        listen: bool
+    );
+    setter!(
+        /// How long one publisher call may take before it counts as a
+        /// transient failure (default 10 s).
+        publish_timeout: Duration
+    );
+    setter!(
+        /// On shutdown, how long in-flight events may still finish before
+        /// they are released for another Runner (default 10 s).
+        grace_period: Duration
+    );
+
+    /// What a dead letter does to its partition key (default
+    /// [`KeyPolicy::Skip`]).
+    pub fn key_policy(mut self, policy: KeyPolicy) -> Self {
+        self.settings.key_policy = policy;
+        self
+    }
+
+    /// Delete dead letters older than this (checked every minute). By
+    /// default they are kept until purged.
+    pub fn dead_letter_retention(mut self, retention: Duration) -> Self {
+        self.settings.dead_letter_retention = Some(retention);
+        self
+    }
+
+    /// Retry delays: `initial` after the first failure, doubling up to
+    /// `max`, each with jitter (defaults 1 s and 10 min).
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.settings.backoff_initial = initial;
+        self.settings.backoff_max = max;
+        self
+    }
+
+    /// Check the configuration and wire every (event type, publisher) pair.
+    ///
+    /// Fails on duplicate publisher names, on a `State<T>` that no
+    /// [`state`](Self::state) provides, and on settings out of range.
+    pub fn build(self) -> Result<Runner, Error> {
+        let s = &self.settings;
+        let invalid = |setting: &'static str, reason: &str| {
+            Err(Error::InvalidSetting {
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
+        if s.batch_size == 0 {
+            return invalid("batch_size", "must be at least 1");
+        }
+        if s.concurrency == 0 {
+            return invalid("concurrency", "must be at least 1");
+        }
+        if s.max_attempts == 0 {
+            return invalid("max_attempts", "must be at least 1");
+        }
+        if s.publish_timeout >= s.lease {
+            return invalid(
+                "lease",
+                "must be longer than publish_timeout, or a slow publisher would outlive its claim",
+            );
+        }
+        if s.poll_interval.is_zero() {
+            return invalid("poll_interval", "must be above zero");
+        }
+
+        let source = match (self.source, self.tables) {
+            (SourceFactory::Pool(make), tables) => make(&tables.unwrap_or_default()),
+            (SourceFactory::Given(_), Some(_)) => {
+                return invalid(
+                    "tables",
+                    "has no effect on a Runner built with `Runner::with_source`: make that Source for the tables instead, e.g. `outbox::source(pool, &tables)`",
+                );
+            }
+            (SourceFactory::Given(source), None) => source,
+        };
+        let registry = Registry::new(self.use_registered, self.publishers, &self.states)?;
+        Ok(Runner {
+            core: Core {
+                source,
+                registry,
+                settings: self.settings,
+                states: Arc::new(self.states),
+                owner: Uuid::now_v7(),
+                stats: Stats::default(),
+                held: Mutex::default(),
+            },
+            shutdown: self.shutdown,
+        })
+    }
+}
+
+impl Settings {
+    pub(super) fn policy(&self) -> Policy {
+        Policy {
+            max_attempts: self.max_attempts,
+            key_policy: self.key_policy,
+            backoff_initial: self.backoff_initial,
+            backoff_max: self.backoff_max,
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The Runner's loop: claim a batch, publish each event to its Producers,
+//! settle what did not simply succeed, acknowledge the rest beside the next
+//! claim, and stop cleanly.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use futures_util::{FutureExt, StreamExt, stream};
+use tokio::sync::watch;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+use uuid::Uuid;
+
+use super::decide::{backoff, decide, route};
+use super::shutdown::{sleep_or_stop, stop_requested, stopped};
+use super::{Core, Mode};
+use crate::delivery::{ClaimedEvent, Outcome};
+use crate::error::{Error, PublishError};
+use crate::event::StorageBox;
+use crate::publisher::Context;
+use crate::registry::Producer;
+
+impl Core {
+    pub(super) async fn main_loop(
+        &self,
+        mode: Mode,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        info!(publishers = self.registry.len(), "outbox: runner started");
+        let mut failures = 0u32;
+        let mut to_ack: Vec<Uuid> = Vec::new();
+        let mut housekeeping = tokio::time::Instant::now();
+        self.housekeeping().await;
+        loop {
+            if stop_requested(stop) {
+                break;
+            }
+            if housekeeping.elapsed() >= Duration::from_secs(60) {
+                housekeeping = tokio::time::Instant::now();
+                self.housekeeping().await;
+            }
+            // The previous batch's ack runs beside the next claim: its events
+            // are still leased and still head their keys until the ack
+            // commits, so the claim cannot take them or their successors.
+            let acking = std::mem::take(&mut to_ack);
+            let claim = self
+                .source
+                .claim(self.owner, self.settings.batch_size, self.settings.lease)
+                .instrument(info_span!("outbox.claim", limit = self.settings.batch_size));
+            // A shutdown does not wait for a claim (which can hang as long as
+            // the pool's acquire timeout while the database is unreachable),
+            // but it lets the ack finish.
+            let claim = async {
+                tokio::select! {
+                    biased;
+                    () = stopped(stop) => None,
+                    claimed = claim => Some(claimed),
+                }
+            };
+            let (claimed, ()) = tokio::join!(claim, self.ack(&acking));
+            let Some(claimed) = claimed else {
+                break;
+            };
+            match claimed {
+                Err(e) => {
+                    failures += 1;
+                    let delay = backoff(
+                        failures,
+                        Duration::from_millis(100),
+                        Duration::from_secs(30),
+                        fastrand::f64(),
+                    );
+                    warn!(error = %e, retry_in = ?delay, "outbox: claim failed");
+                    if sleep_or_stop(delay, stop).await {
+                        break;
+                    }
+                }
+                // The ack just made the next events of its keys claimable.
+                Ok(batch) if batch.is_empty() && !acking.is_empty() => failures = 0,
+                Ok(batch) if batch.is_empty() => {
+                    failures = 0;
+                    if mode == Mode::Drain {
+                        match self.source.pending().await {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(e) => warn!(error = %e, "outbox: counting pending events failed"),
+                        }
+                    }
+                    if self.idle(stop).await {
+                        break;
+                    }
+                }
+                Ok(batch) => {
+                    failures = 0;
+                    debug!(claimed = batch.len(), "outbox: claimed");
+                    to_ack = self.process_batch(batch, stop).await;
+                    if mode == Mode::Drain {
+                        self.ack(&std::mem::take(&mut to_ack)).await;
+                        self.held_up_drain()?;
+                    }
+                }
+            }
+        }
+        self.ack(&to_ack).await;
+        info!("outbox: runner stopped");
+        Ok(())
+    }
+
+    /// A drain fails as soon as it held an event for want of a publisher:
+    /// this Runner's publishers do not change, so it cannot empty the outbox.
+    fn held_up_drain(&self) -> Result<(), Error> {
+        let held = lock(&self.held);
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut event_types: Vec<String> = held.values().cloned().collect();
+        event_types.sort();
+        event_types.dedup();
+        Err(Error::NoPublisher { event_types })
+    }
+
+    async fn housekeeping(&self) {
+        let Some(retention) = self.settings.dead_letter_retention else {
+            return;
+        };
+        let before = std::time::SystemTime::now()
+            .checked_sub(retention)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        match self.source.purge_dead_letters(before).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                purged = n,
+                "outbox: purged dead letters past their retention"
+            ),
+            Err(e) => warn!(error = %e, "outbox: purging old dead letters failed"),
+        }
+    }
+
+    /// Wait for a wake-up or the poll interval; true when shutdown was asked.
+    async fn idle(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        if !self.settings.listen {
+            return sleep_or_stop(self.settings.poll_interval, stop).await;
+        }
+        tokio::select! {
+            biased;
+            () = stopped(stop) => true,
+            () = self.source.wait_for_events(self.settings.poll_interval) => false,
+        }
+    }
+
+    /// Publish a batch; returns the events that every publisher received,
+    /// for the caller to acknowledge.
+    async fn process_batch(
+        &self,
+        batch: Vec<ClaimedEvent>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Vec<Uuid> {
+        let unfinished: Mutex<HashSet<Uuid>> =
+            Mutex::new(batch.iter().map(|e| e.event.id).collect());
+        let delivered: Mutex<Vec<Uuid>> = Mutex::new(Vec::with_capacity(batch.len()));
+        let mut work = Box::pin(async {
+            stream::iter(batch)
+                .map(|event| self.deliver(event, &unfinished, &delivered))
+                .buffer_unordered(self.settings.concurrency)
+                .for_each(|()| async {})
+                .await;
+        });
+        let finished = tokio::select! {
+            () = &mut work => true,
+            () = stopped(stop) => {
+                info!(grace = ?self.settings.grace_period, "outbox: shutting down, finishing in-flight events");
+                tokio::time::timeout(self.settings.grace_period, &mut work).await.is_ok()
+            }
+        };
+        // Cancels what is still running: the publishers' futures are dropped.
+        drop(work);
+        let delivered = std::mem::take(&mut *lock(&delivered));
+        if !finished {
+            let left: Vec<Uuid> = lock(&unfinished)
+                .iter()
+                .copied()
+                .filter(|id| !delivered.contains(id))
+                .collect();
+            if !left.is_empty() {
+                warn!(
+                    events = left.len(),
+                    "outbox: grace period over, releasing unfinished events"
+                );
+                let released = persist("release", || self.source.release(self.owner, &left)).await;
+                if released.is_none() {
+                    warn!(
+                        "outbox: could not release events; they become due again when their lease expires"
+                    );
+                }
+            }
+        }
+        delivered
+    }
+
+    async fn ack(&self, ids: &[Uuid]) {
+        if ids.is_empty() {
+            return;
+        }
+        let span = info_span!("outbox.ack", events = ids.len());
+        let acked = persist("ack", || self.source.ack(self.owner, ids))
+            .instrument(span)
+            .await;
+        match acked {
+            Some(n) if n as usize == ids.len() => {}
+            Some(n) => warn!(
+                acked = n,
+                expected = ids.len(),
+                "outbox: some leases expired before the ack; those events will be published again"
+            ),
+            None => error!(
+                events = ids.len(),
+                "outbox: ack failed; the events will be published again when their lease expires"
+            ),
+        }
+    }
+
+    /// Publish one event to the Producers it is still owed to, decide, and
+    /// either queue it for the batch's ack or settle it now.
+    async fn deliver(
+        &self,
+        claimed: ClaimedEvent,
+        unfinished: &Mutex<HashSet<Uuid>>,
+        delivered: &Mutex<Vec<Uuid>>,
+    ) {
+        let event = &claimed.event;
+        let producers = self.registry.producers(&event.event_type);
+        let (targets, absent) = route(&claimed, &producers);
+        let results = join_all(targets.iter().map(|producer| async move {
+            (producer.name().to_owned(), self.call(producer, event).await)
+        }))
+        .await;
+        for (publisher, result) in &results {
+            if let Err(e) = result {
+                let attempt = event.attempt;
+                if e.is_permanent() {
+                    error!(event_id = %event.id, event_type = %event.event_type, %publisher, attempt, error = %e, "outbox: permanent failure, dead-lettering");
+                } else if attempt >= self.settings.max_attempts {
+                    error!(event_id = %event.id, event_type = %event.event_type, %publisher, attempt, error = %e, "outbox: giving up, dead-lettering");
+                } else {
+                    warn!(event_id = %event.id, event_type = %event.event_type, %publisher, attempt, error = %e, "outbox: publish failed, will retry");
+                }
+            }
+        }
+
+        let (settlement, tally) = decide(
+            &claimed,
+            results,
+            &absent,
+            &self.settings.policy(),
+            fastrand::f64(),
+        );
+        let stats = &self.stats;
+        stats
+            .published
+            .fetch_add(tally.published, Ordering::Relaxed);
+        stats.retried.fetch_add(tally.retried, Ordering::Relaxed);
+        if settlement.outcome == Outcome::Finish && settlement.dead_letters.is_empty() {
+            lock(delivered).push(event.id);
+            return;
+        }
+        if let Outcome::Hold { delay, reason } = &settlement.outcome {
+            stats.held.fetch_add(1, Ordering::Relaxed);
+            let first = lock(&self.held)
+                .insert(event.id, event.event_type.clone())
+                .is_none();
+            if first {
+                warn!(event_id = %event.id, event_type = %event.event_type, retry_in = ?delay, "outbox: {reason}; the event waits in the outbox");
+            }
+        }
+        let span =
+            info_span!("outbox.settle", event_id = %event.id, event_type = %event.event_type);
+        match persist("settle", || self.source.settle(self.owner, &settlement))
+            .instrument(span)
+            .await
+        {
+            Some(true) => {
+                stats
+                    .dead_lettered
+                    .fetch_add(settlement.dead_letters.len() as u64, Ordering::Relaxed);
+            }
+            Some(false) => {
+                warn!(event_id = %event.id, "outbox: lease lost before the outcome was recorded; another Runner owns the event now")
+            }
+            None => {
+                error!(event_id = %event.id, "outbox: could not record the outcome; the event becomes due again when its lease expires")
+            }
+        }
+        lock(unfinished).remove(&event.id);
+    }
+
+    /// Call one publisher, with the publish timeout, catching a panic.
+    async fn call(&self, producer: &Producer, event: &Arc<StorageBox>) -> Result<(), PublishError> {
+        let span = info_span!(
+            "outbox.publish",
+            event_id = %event.id,
+            event_type = %event.event_type,
+            publisher = producer.name(),
+            attempt = event.attempt,
+        );
+        let cx = Context::new(event.clone(), self.states.clone());
+        let publish = AssertUnwindSafe(producer.publisher.publish(&cx)).catch_unwind();
+        let outcome = tokio::time::timeout(self.settings.publish_timeout, publish)
+            .instrument(span)
+            .await;
+        match outcome {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => Err(PublishError::transient(format!(
+                "publisher panicked: {}",
+                panic_message(&*panic)
+            ))),
+            Err(_) => Err(PublishError::transient(format!(
+                "publisher did not finish within {:?}",
+                self.settings.publish_timeout
+            ))),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+/// Run a store operation, retrying database failures for a few seconds: the
+/// outcome of a publish is worth keeping through a short outage.
+async fn persist<T, F, Fut>(what: &'static str, mut op: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    const TRIES: u32 = 8;
+    for attempt in 1..=TRIES {
+        match op().await {
+            Ok(value) => return Some(value),
+            Err(e) if attempt < TRIES => {
+                let delay = backoff(
+                    attempt,
+                    Duration::from_millis(50),
+                    Duration::from_secs(2),
+                    fastrand::f64(),
+                );
+                warn!(error = %e, retry_in = ?delay, "outbox: {what} failed");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => error!(error = %e, "outbox: {what} failed, giving up"),
+        }
+    }
+    None
+}
