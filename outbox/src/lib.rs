@@ -130,33 +130,5 @@ pub use brokers::rabbitmq;
 pub use brokers::redis;
 pub use uuid::Uuid;
 
-/// Items used by the code that the macros generate. Not a public API.
 #[doc(hidden)]
-pub mod __private {
-    pub use futures_util::future::BoxFuture;
-    pub use inventory;
-
-    pub use crate::event::EventTypeInfo;
-    pub use crate::publisher::PublisherRegistration;
-    use crate::{
-        Context, OutboxEvent, PartitionKey, PublishError, PublisherOutput, StateRequirement,
-    };
-
-    pub fn decode<E: OutboxEvent>(cx: &Context) -> Result<E, PublishError> {
-        cx.decode::<E>()
-    }
-
-    pub fn into_outcome<R: PublisherOutput>(output: R) -> Result<(), PublishError> {
-        output.into_outcome()
-    }
-
-    pub fn no_requirement() -> Option<StateRequirement> {
-        None
-    }
-
-    pub fn partition_key<K: PartitionKey + ?Sized>(key: &K) -> Option<String> {
-        key.to_partition_key()
-    }
-
-    pub const fn assert_event<E: OutboxEvent>() {}
-}
+pub mod __private;
