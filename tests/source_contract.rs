@@ -110,9 +110,11 @@ async fn concurrent_migrations_agree(backend: Backend) {
     db.cleanup().await;
 }
 
-#[tokio::test]
-async fn identifiers_from_configuration_are_validated() {
-    let db = TestDb::new(Backend::Postgres, "identifiers").await;
+/// Names from configuration never reach SQL unchecked. The unit tests in
+/// `outbox/src/tables.rs` check which names are refused; this checks what
+/// the error says: the offending name, quoted and escaped.
+#[test]
+fn identifiers_from_configuration_are_validated() {
     let evil = "x\"; DROP TABLE orders; --";
     let err = Tables::new(evil).unwrap_err();
     assert!(
@@ -121,30 +123,6 @@ async fn identifiers_from_configuration_are_validated() {
         "{err}"
     );
     assert!(Tables::default().schema(evil).is_err());
-    assert_eq!(
-        db.scalar("SELECT count(*) FROM orders").await,
-        0,
-        "orders table is gone"
-    );
-    db.cleanup().await;
-}
-
-#[tokio::test]
-async fn concurrent_migrations_on_postgres_agree() {
-    let db = TestDb::postgres("concurrent_migrate").await;
-    let TestDb::Pg { pool, .. } = &db else {
-        unreachable!()
-    };
-    let tables = db.tables();
-    let runs = (0..6).map(|_| {
-        let (pool, tables) = (pool.clone(), tables.clone());
-        tokio::spawn(async move { tables.migrate(&pool).await })
-    });
-    for run in futures_util::future::join_all(runs).await {
-        run.unwrap().unwrap();
-    }
-    assert_eq!(db.pending().await, 0);
-    db.cleanup().await;
 }
 
 async fn a_blocked_key_with_a_deep_backlog_holds_up_no_other_key(backend: Backend) {
