@@ -1,9 +1,12 @@
 //! Support for the integration tests and examples of the outbox workspace:
-//! a database per test on either backend, and scriptable recording
-//! publishers.
+//! a database per test on any backend, and scriptable recording
+//! publishers; the conformance suites' per-backend macros
+//! ([`on_every_backend!`], [`on_backend!`]) and shared [`fixtures`].
 
 pub mod checker;
 pub mod crash;
+pub mod fixtures;
+mod macros;
 pub mod pg_cluster;
 pub mod proxy;
 

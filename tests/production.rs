@@ -14,7 +14,7 @@ use outbox_tests::crash::{
     wait_until_drained,
 };
 use outbox_tests::proxy::FaultProxy;
-use outbox_tests::{Answer, Backend, Recorder, TestDb, pg_url};
+use outbox_tests::{Answer, Backend, Recorder, TestDb, on_backend, pg_url};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
 
@@ -408,7 +408,18 @@ struct Step {
     n: u32,
 }
 
-async fn key_policy_block(backend: Backend) {
+on_backend!(
+    postgres,
+    Postgres,
+    [key_policy_block_holds_the_key_until_an_operator_acts]
+);
+on_backend!(
+    sqlite,
+    Sqlite,
+    [key_policy_block_holds_the_key_until_an_operator_acts]
+);
+
+async fn key_policy_block_holds_the_key_until_an_operator_acts(backend: Backend) {
     let db = TestDb::new(backend, "key_block").await;
     let mut tx = db.begin().await;
     let poisoned = tx
@@ -502,16 +513,6 @@ async fn key_policy_block(backend: Backend) {
         .unwrap();
     assert_eq!(*seen.lock().unwrap(), vec!["b1", "a1", "a2"]);
     db.cleanup().await;
-}
-
-#[tokio::test]
-async fn key_policy_block_holds_the_key_until_an_operator_acts_on_postgres() {
-    key_policy_block(Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn key_policy_block_holds_the_key_until_an_operator_acts_on_sqlite() {
-    key_policy_block(Backend::Sqlite).await;
 }
 
 #[tokio::test]

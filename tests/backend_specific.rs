@@ -1,0 +1,110 @@
+//! Tests of what one backend does beyond the contracts of
+//! `tests/runner_contract.rs` and `tests/source_contract.rs`: things only
+//! that backend has (a session time zone, a server-wide named lock), reached
+//! through its own SQL.
+//!
+//! Run one backend's with `cargo test --test backend_specific mysql_`.
+
+use std::time::{Duration, SystemTime};
+
+use outbox::Uuid;
+use outbox_tests::fixtures::{LEASE, order, sorted_ids};
+use outbox_tests::{Backend, TestDb};
+
+// ---- MySQL/MariaDB only. ----
+
+/// Leases and timestamps use the server's UTC clock: a session `time_zone`
+/// seven hours off changes nothing, neither for the writer nor for claimers
+/// in other time zones.
+#[tokio::test]
+async fn mysql_clock_ignores_the_session_time_zone() {
+    use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+
+    let db = TestDb::new(Backend::MySql, "mysql_time_zone").await;
+    let TestDb::MySql { database, .. } = &db else {
+        unreachable!()
+    };
+    let options: MySqlConnectOptions = outbox_tests::mysql_url().parse().unwrap();
+    let pool = MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect_with(
+            options
+                .database(database)
+                .timezone(Some("-07:00".to_owned())),
+        )
+        .await
+        .unwrap();
+    let offset: String = sqlx::query_scalar("SELECT @@session.time_zone")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(offset, "-07:00");
+    let tables = db.tables();
+    let mut tx = pool.begin().await.unwrap();
+    let id = tables.enqueue(&mut tx, &order(1)).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let west = outbox::source(pool.clone(), &tables);
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let claimed = west.claim(a, 10, Duration::from_millis(300)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let age = SystemTime::now()
+        .duration_since(claimed[0].event.created_at)
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(60), "created_at is {age:?} old");
+    assert!(
+        db.source().claim(b, 10, LEASE).await.unwrap().is_empty(),
+        "a UTC session saw the -07:00 session's lease as expired"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let reclaimed = db.source().claim(b, 10, LEASE).await.unwrap();
+    assert_eq!(sorted_ids(&reclaimed), vec![id], "the lease never expired");
+    pool.close().await;
+    db.cleanup().await;
+}
+
+/// Concurrent migrations queue on a server-wide named lock (the same name in
+/// every process), so no two run their DDL at once.
+#[tokio::test]
+async fn mysql_migrations_wait_for_the_migration_lock() {
+    use sqlx::Connection;
+
+    let db = TestDb::new(Backend::MySql, "mysql_migrate_lock").await;
+    let TestDb::MySql { database, .. } = &db else {
+        unreachable!()
+    };
+    let tables = db.tables_with_prefix("locked");
+    let mut holder = sqlx::MySqlConnection::connect(&outbox_tests::mysql_url())
+        .await
+        .unwrap();
+    let name = "CONCAT('outbox.migrate:', SHA1(CONCAT(?, '.', ?)))";
+    let got: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT GET_LOCK({name}, 5)")))
+        .bind(database)
+        .bind("locked")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    assert_eq!(got, 1);
+
+    let migration = tokio::spawn({
+        let (db, tables) = (db.clone(), tables.clone());
+        async move { db.migrate_tables(&tables).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !migration.is_finished(),
+        "migrate did not wait for the lock"
+    );
+    let created = db
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = '{database}' AND TABLE_NAME LIKE 'locked%'"
+        ))
+        .await;
+    assert_eq!(created, 0, "migrate ran while another held the lock");
+
+    holder.close().await.unwrap();
+    migration.await.unwrap().unwrap();
+    assert_eq!(db.source_for(&tables).pending().await.unwrap(), 0);
+    db.cleanup().await;
+}

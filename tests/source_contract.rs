@@ -1,0 +1,533 @@
+//! The conformance suite, part two: the `Source` contract (leases, fencing,
+//! per-key claims, retry scheduling, payload fidelity, migrations), run on
+//! every store backend. The scenarios call the public `Source` trait
+//! directly, without a Runner; part one, the Runner's contract, is
+//! `tests/runner_contract.rs`, and its module docs say how to add a backend.
+//!
+//! Run one backend with `cargo test --test source_contract mysql::` (or
+//! `postgres::`, `sqlite::`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use outbox::{Failure, NewEvent, Outcome, Settlement, Tables, Uuid};
+use outbox_tests::fixtures::{LEASE, TestOrder, order, place, sorted_ids};
+use outbox_tests::{Backend, TestDb, on_every_backend};
+
+on_every_backend!(
+    expired_lease_fences_the_old_holder,
+    migrate_is_idempotent,
+    concurrent_migrations_agree,
+    a_blocked_key_with_a_deep_backlog_holds_up_no_other_key,
+    large_payloads_round_trip,
+    unicode_and_empty_fields_round_trip,
+    claim_takes_each_key_head_and_every_keyless_event,
+    concurrent_claimers_keep_per_key_order,
+    retry_waits_for_its_delay,
+);
+
+async fn enqueue_raw(db: &TestDb, events: &[NewEvent]) {
+    let mut tx = db.begin().await;
+    tx.enqueue_raw(events).await;
+    tx.commit().await;
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    std::iter::repeat_with(|| fastrand::u8(..))
+        .take(n)
+        .collect()
+}
+
+async fn expired_lease_fences_the_old_holder(backend: Backend) {
+    let db = TestDb::new(backend, "lease").await;
+    let id = place(&db, 1).await;
+    let source = db.source();
+    let (a, b) = (outbox::Uuid::now_v7(), outbox::Uuid::now_v7());
+    let claimed = source
+        .claim(a, 10, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        source
+            .claim(b, 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a leased event was claimed twice"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reclaimed = source.claim(b, 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!(reclaimed[0].event.id, id);
+    assert_eq!(reclaimed[0].event.attempt, 2);
+    assert_eq!(
+        source.ack(a, &[id]).await.unwrap(),
+        0,
+        "an expired lease holder acknowledged"
+    );
+    let settlement = outbox::Settlement::finish(id);
+    assert!(!source.settle(a, &settlement).await.unwrap());
+    assert_eq!(db.pending().await, 1);
+    assert_eq!(source.ack(b, &[id]).await.unwrap(), 1);
+    assert_eq!(db.pending().await, 0);
+    db.cleanup().await;
+}
+
+async fn migrate_is_idempotent(backend: Backend) {
+    let db = TestDb::new(backend, "migrate").await;
+    place(&db, 1).await;
+    db.migrate().await;
+    db.migrate().await;
+    assert_eq!(db.pending().await, 1, "migrate touched existing events");
+    db.cleanup().await;
+}
+
+async fn concurrent_migrations_agree(backend: Backend) {
+    let db = TestDb::new(backend, "concurrent_migrate").await;
+    let tables = db.tables_with_prefix("concurrent");
+    let runs = (0..4).map(|_| {
+        let (db, tables) = (db.clone(), tables.clone());
+        tokio::spawn(async move { db.migrate_tables(&tables).await })
+    });
+    for run in futures_util::future::join_all(runs).await {
+        run.unwrap().unwrap();
+    }
+    // The tables work, and migrating again leaves their rows alone.
+    let mut tx = db.begin_in(tables.clone()).await;
+    tx.enqueue(&order(1)).await;
+    tx.commit().await;
+    db.migrate_tables(&tables).await.unwrap();
+    let source = db.source_for(&tables);
+    assert_eq!(source.pending().await.unwrap(), 1);
+    assert!(source.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(db.pending().await, 0, "the other tables got the event");
+    let owner = Uuid::now_v7();
+    let claimed = source.claim(owner, 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(source.ack(owner, &[claimed[0].event.id]).await.unwrap(), 1);
+    db.cleanup().await;
+}
+
+/// Names from configuration never reach SQL unchecked. The unit tests in
+/// `outbox/src/tables.rs` check which names are refused; this checks what
+/// the error says: the offending name, quoted and escaped.
+#[test]
+fn identifiers_from_configuration_are_validated() {
+    let evil = "x\"; DROP TABLE orders; --";
+    let err = Tables::new(evil).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("invalid table prefix \"x\\\"; DROP TABLE orders; --\""),
+        "{err}"
+    );
+    assert!(Tables::default().schema(evil).is_err());
+}
+
+async fn a_blocked_key_with_a_deep_backlog_holds_up_no_other_key(backend: Backend) {
+    let db = TestDb::new(backend, "deep_blocked_key").await;
+    // Key 1: a head that will wait in backoff, then 300 followers: more
+    // than a claim's first look at the oldest rows. Key 2 comes last.
+    let mut tx = db.begin().await;
+    let events: Vec<TestOrder> = (0..301)
+        .map(|n| TestOrder {
+            order_id: 1,
+            total_cents: n,
+        })
+        .collect();
+    tx.enqueue_all(&events).await;
+    tx.commit().await;
+    let late = place(&db, 2).await;
+    let source = db.source();
+    let owner = outbox::Uuid::now_v7();
+    let head = source
+        .claim(owner, 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(head.len(), 1);
+    assert_eq!(head[0].event.partition_key.as_deref(), Some("1"));
+    let retry = outbox::Settlement::new(
+        head[0].event.id,
+        outbox::Outcome::Retry {
+            delay: Duration::from_secs(60),
+            error: "later".into(),
+        },
+    );
+    assert!(source.settle(owner, &retry).await.unwrap());
+    let next = source
+        .claim(owner, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let ids: Vec<_> = next.iter().map(|c| c.event.id).collect();
+    assert_eq!(
+        ids,
+        vec![late],
+        "key 2 was held up behind key 1's blocked backlog"
+    );
+    db.cleanup().await;
+}
+
+async fn large_payloads_round_trip(backend: Backend) {
+    let db = TestDb::new(backend, "large_payload").await;
+    // Five 1 MiB payloads of random bytes (neither JSON nor UTF-8), enqueued
+    // in one call: more than one statement's worth on some backends.
+    let events: Vec<NewEvent> = (0..5)
+        .map(|_| NewEvent::new("test.blob", random_bytes(1 << 20)))
+        .collect();
+    enqueue_raw(&db, &events).await;
+    let source = db.source();
+    let owner = Uuid::now_v7();
+    let claimed = source.claim(owner, 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 5);
+    for c in &claimed {
+        let sent = events.iter().find(|e| e.id == c.event.id).unwrap();
+        assert!(
+            c.event.payload == sent.payload,
+            "a 1 MiB payload came back changed ({} bytes)",
+            c.event.payload.len()
+        );
+    }
+
+    // Through the dead-letter table and back.
+    let id = events[0].id;
+    let settlement = Settlement::finish(id).with_dead_letters(vec![Failure {
+        publisher: "sink".into(),
+        error: "refused".into(),
+    }]);
+    assert!(source.settle(owner, &settlement).await.unwrap());
+    let dead = source.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].event.payload == events[0].payload,
+        "the dead letter's payload changed"
+    );
+    assert_eq!(source.retry_dead_letters(None).await.unwrap(), 1);
+    let again = source.claim(owner, 10, LEASE).await.unwrap();
+    assert_eq!(sorted_ids(&again), vec![id]);
+    assert!(
+        again[0].event.payload == events[0].payload,
+        "the retried payload changed"
+    );
+    assert_eq!(again[0].only, Some(vec!["sink".to_owned()]));
+    let rest: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    assert_eq!(source.ack(owner, &rest).await.unwrap(), 5);
+    assert_eq!(db.pending().await, 0);
+    db.cleanup().await;
+}
+
+async fn unicode_and_empty_fields_round_trip(backend: Backend) {
+    let db = TestDb::new(backend, "unicode").await;
+    let before = SystemTime::now() - Duration::from_secs(60);
+    let mut events = vec![
+        NewEvent::new("tëst.ünïcode.事件", r#"{"name":"Zoë 🚀 ünïcödé ∑"}"#)
+            .topic("主题/événements 🚀")
+            .partition_key("ключ-🔑")
+            .version(3)
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .header("tracé-ñame 🌍", "välue ✓")
+            .header("empty", ""),
+        // Empty payload, no headers, no key, empty topic.
+        NewEvent::new("test.empty", Vec::new()).topic(""),
+        // An empty key is a key, not the absence of one.
+        NewEvent::new("test.empty", Vec::new()).partition_key(""),
+    ];
+    // Keys equal under a case-, accent-, width- or pad-insensitive collation
+    // are still distinct keys: each is the head of its own.
+    for key in ["k", "K", "k ", "ｋ", "é", "e\u{301}"] {
+        events.push(NewEvent::new("test.key", key.as_bytes().to_vec()).partition_key(key));
+    }
+    enqueue_raw(&db, &events).await;
+
+    let source = db.source();
+    let owner = Uuid::now_v7();
+    let claimed = source.claim(owner, 50, LEASE).await.unwrap();
+    let mut want: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    want.sort();
+    assert_eq!(
+        sorted_ids(&claimed),
+        want,
+        "distinct keys were taken for one"
+    );
+    let after = SystemTime::now() + Duration::from_secs(60);
+    for c in &claimed {
+        let sent = events.iter().find(|e| e.id == c.event.id).unwrap();
+        let got = &c.event;
+        assert_eq!(got.event_type, sent.event_type);
+        assert_eq!(got.version, sent.version);
+        assert_eq!(got.topic, sent.topic);
+        assert_eq!(got.partition_key, sent.partition_key);
+        assert_eq!(got.payload, sent.payload);
+        assert_eq!(got.headers, sent.headers);
+        assert_eq!(got.attempt, 1);
+        assert!(
+            got.created_at > before && got.created_at < after,
+            "created_at {:?} is not the database's now",
+            got.created_at
+        );
+        assert!(c.delivered.is_empty() && c.dead.is_empty());
+        assert_eq!(c.only, None);
+    }
+
+    // Unicode survives the dead-letter table too.
+    let settlement = Settlement::finish(events[0].id).with_dead_letters(vec![Failure {
+        publisher: "püblisher-✉".into(),
+        error: "ошибка ❌: größer als erlaubt".into(),
+    }]);
+    assert!(source.settle(owner, &settlement).await.unwrap());
+    let dead = source.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].publisher, "püblisher-✉");
+    assert_eq!(dead[0].error, "ошибка ❌: größer als erlaubt");
+    assert_eq!(dead[0].event.topic, "主题/événements 🚀");
+    assert_eq!(dead[0].event.partition_key.as_deref(), Some("ключ-🔑"));
+    assert_eq!(dead[0].event.headers, events[0].headers);
+    let expected: BTreeMap<String, String> = [
+        ("empty", ""),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("tracé-ñame 🌍", "välue ✓"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(dead[0].event.headers, expected);
+    db.cleanup().await;
+}
+
+async fn claim_takes_each_key_head_and_every_keyless_event(backend: Backend) {
+    let db = TestDb::new(backend, "claim_heads").await;
+    let events = [
+        NewEvent::new("test.e", "a1").partition_key("a"),
+        NewEvent::new("test.e", "b1").partition_key("b"),
+        NewEvent::new("test.e", "a2").partition_key("a"),
+        NewEvent::new("test.e", "n1"),
+        NewEvent::new("test.e", "n2"),
+    ];
+    enqueue_raw(&db, &events).await;
+    let id = |i: usize| events[i].id;
+    let source = db.source();
+    let (one, two) = (Uuid::now_v7(), Uuid::now_v7());
+    let first = source.claim(one, 10, LEASE).await.unwrap();
+    assert_eq!(sorted_ids(&first), vec![id(0), id(1), id(3), id(4)]);
+    assert!(
+        source.claim(two, 10, LEASE).await.unwrap().is_empty(),
+        "a key's second event was claimed while its head was leased"
+    );
+    assert_eq!(source.ack(one, &[id(0)]).await.unwrap(), 1);
+    let second = source.claim(two, 10, LEASE).await.unwrap();
+    assert_eq!(sorted_ids(&second), vec![id(2)]);
+    // Released events are due at once and the attempt is not counted.
+    assert_eq!(
+        source.release(one, &[id(1), id(3), id(4)]).await.unwrap(),
+        3
+    );
+    let third = source.claim(two, 10, LEASE).await.unwrap();
+    assert_eq!(sorted_ids(&third), vec![id(1), id(3), id(4)]);
+    assert!(third.iter().all(|c| c.event.attempt == 1));
+    db.cleanup().await;
+}
+
+/// Who holds a key right now, and in which order each key's events were
+/// acknowledged.
+#[derive(Default)]
+struct KeyLog {
+    holder: HashMap<String, Uuid>,
+    acked: HashMap<String, Vec<Uuid>>,
+    violations: Vec<String>,
+}
+
+async fn concurrent_claimers_keep_per_key_order(backend: Backend) {
+    let db = TestDb::new(backend, "concurrent_claims").await;
+    let mut events = Vec::new();
+    for i in 0..10 {
+        for key in 0..6 {
+            events.push(
+                NewEvent::new("test.e", format!("{key}/{i}")).partition_key(format!("key-{key}")),
+            );
+        }
+        events.push(NewEvent::new("test.e", format!("none/{i}")));
+    }
+    enqueue_raw(&db, &events).await;
+    // Every third event of a key fails once: a retry must not let the key's
+    // next event overtake it.
+    let fail_once: Vec<Uuid> = events
+        .iter()
+        .filter(|e| e.partition_key.is_some())
+        .enumerate()
+        .filter(|(i, _)| i % 3 == 1)
+        .map(|(_, e)| e.id)
+        .collect();
+    let log = Arc::new(Mutex::new(KeyLog::default()));
+    let keyless_acked = Arc::new(Mutex::new(Vec::new()));
+
+    let workers = (0..4).map(|_| {
+        let (db, log, keyless_acked, fail_once) = (
+            db.clone(),
+            log.clone(),
+            keyless_acked.clone(),
+            fail_once.clone(),
+        );
+        tokio::spawn(async move {
+            let source = db.source();
+            let owner = Uuid::now_v7();
+            loop {
+                let claimed = source.claim(owner, 4, LEASE).await.unwrap();
+                if claimed.is_empty() {
+                    if source.pending().await.unwrap() == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                for c in &claimed {
+                    if let Some(key) = &c.event.partition_key {
+                        let mut log = log.lock().unwrap();
+                        if let Some(other) = log.holder.insert(key.clone(), c.event.id) {
+                            let v =
+                                format!("{key}: {} claimed while {other} was leased", c.event.id);
+                            log.violations.push(v);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(0..3))).await;
+                for c in &claimed {
+                    let id = c.event.id;
+                    let fail = c.event.attempt == 1 && fail_once.contains(&id);
+                    if let Some(key) = &c.event.partition_key {
+                        // Let go of the key before the database does, so that
+                        // a claimer that sees it free finds it free here too.
+                        let mut log = log.lock().unwrap();
+                        log.holder.remove(key);
+                        if !fail {
+                            log.acked.entry(key.clone()).or_default().push(id);
+                        }
+                    } else {
+                        keyless_acked.lock().unwrap().push(id);
+                    }
+                    if fail {
+                        let retry = Settlement::new(
+                            id,
+                            Outcome::Retry {
+                                delay: Duration::ZERO,
+                                error: "once".into(),
+                            },
+                        );
+                        assert!(source.settle(owner, &retry).await.unwrap());
+                        continue;
+                    }
+                    assert_eq!(source.ack(owner, &[id]).await.unwrap(), 1, "lost a lease");
+                }
+            }
+        })
+    });
+    let all = futures_util::future::join_all(workers);
+    for worker in tokio::time::timeout(Duration::from_secs(40), all)
+        .await
+        .expect("the claimers stalled")
+    {
+        worker.unwrap();
+    }
+
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    assert!(log.violations.is_empty(), "{:#?}", log.violations);
+    for key in 0..6 {
+        let key = format!("key-{key}");
+        let expected: Vec<Uuid> = events
+            .iter()
+            .filter(|e| e.partition_key.as_deref() == Some(key.as_str()))
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(
+            log.acked[&key], expected,
+            "{key} was acknowledged out of order"
+        );
+    }
+    let mut keyless = keyless_acked.lock().unwrap().clone();
+    keyless.sort();
+    let expected: Vec<Uuid> = events
+        .iter()
+        .filter(|e| e.partition_key.is_none())
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(keyless, expected);
+    assert_eq!(db.pending().await, 0);
+    db.cleanup().await;
+}
+
+async fn retry_waits_for_its_delay(backend: Backend) {
+    let db = TestDb::new(backend, "retry_delay").await;
+    let events = [
+        NewEvent::new("test.e", "r1").partition_key("r"),
+        NewEvent::new("test.e", "s1").partition_key("s"),
+        NewEvent::new("test.e", "r2").partition_key("r"),
+    ];
+    enqueue_raw(&db, &events).await;
+    let source = db.source();
+    let owner = Uuid::now_v7();
+    let first = source.claim(owner, 10, LEASE).await.unwrap();
+    assert_eq!(sorted_ids(&first), vec![events[0].id, events[1].id]);
+    assert_eq!(source.ack(owner, &[events[1].id]).await.unwrap(), 1);
+
+    let delay = Duration::from_millis(1500);
+    let retry = Settlement::new(
+        events[0].id,
+        Outcome::Retry {
+            delay,
+            error: "try again later".into(),
+        },
+    )
+    .with_delivered(vec!["first".into()]);
+    let settled = Instant::now();
+    assert!(source.settle(owner, &retry).await.unwrap());
+    // Another settle by the same owner finds no lease: the retry gave it up.
+    assert!(
+        !source
+            .settle(owner, &Settlement::finish(events[0].id))
+            .await
+            .unwrap()
+    );
+
+    // Not before the delay: neither the event nor its key's next event.
+    let other = Uuid::now_v7();
+    assert!(
+        source.claim(other, 10, LEASE).await.unwrap().is_empty(),
+        "claimed before its delay"
+    );
+    tokio::time::sleep(delay / 2).await;
+    assert!(
+        source.claim(other, 10, LEASE).await.unwrap().is_empty(),
+        "claimed before its delay"
+    );
+
+    // After it, at once.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let again = loop {
+        let claimed = source.claim(other, 10, LEASE).await.unwrap();
+        if !claimed.is_empty() {
+            break claimed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retried event never became due"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let waited = settled.elapsed();
+    assert!(
+        waited + Duration::from_millis(50) >= delay,
+        "due after {waited:?}, before {delay:?}"
+    );
+    assert_eq!(sorted_ids(&again), vec![events[0].id]);
+    assert_eq!(again[0].event.attempt, 2);
+    assert_eq!(again[0].delivered, vec!["first".to_owned()]);
+    assert_eq!(source.ack(other, &[events[0].id]).await.unwrap(), 1);
+    let last = source.claim(other, 10, LEASE).await.unwrap();
+    assert_eq!(sorted_ids(&last), vec![events[2].id]);
+    db.cleanup().await;
+}
