@@ -6,7 +6,9 @@ pub use inventory;
 
 pub use crate::event::EventTypeInfo;
 pub use crate::publisher::PublisherRegistration;
-use crate::{Context, OutboxEvent, PartitionKey, PublishError, PublisherOutput, StateRequirement};
+use crate::error::PublishError;
+use crate::event::{OutboxEvent, PartitionKey};
+use crate::publisher::{Context, PublisherOutput, StateRequirement};
 
 /// `#[publisher]`: decode the event argument (the bound is the check that
 /// it is an event).

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::error::{BoxError, DecodeError};
+use crate::error::{BoxError, DecodeError, Error};
 
 /// An event type that can be stored in the outbox: the Mapper between a Rust
 /// value and its [`StorageBox`].
@@ -158,7 +158,7 @@ impl StorageBox {
 
     /// The stored form of a typed event, as a publisher receives it on its
     /// first attempt (headers from the header hook included).
-    pub fn from_event<E: OutboxEvent>(event: &E) -> Result<Self, crate::Error> {
+    pub fn from_event<E: OutboxEvent>(event: &E) -> Result<Self, Error> {
         NewEvent::from_event(event).map(Self::from)
     }
 }
@@ -219,8 +219,8 @@ impl NewEvent {
     }
 
     /// Encode a typed event.
-    pub fn from_event<E: OutboxEvent>(event: &E) -> Result<Self, crate::Error> {
-        let payload = event.encode().map_err(|source| crate::Error::Encode {
+    pub fn from_event<E: OutboxEvent>(event: &E) -> Result<Self, Error> {
+        let payload = event.encode().map_err(|source| Error::Encode {
             event_type: E::NAME,
             source,
         })?;

@@ -69,8 +69,11 @@
 //! (default: the function's name). Return [`PublishError::permanent`] to
 //! dead-letter at once instead of retrying.
 //!
-//! The macros only generate code against public items: [`publisher_fn`] and
-//! [`RunnerBuilder::publisher`] wire the same publishers by hand.
+//! Nothing needs the macros: [`publisher_fn`] and
+//! [`RunnerBuilder::publisher`] wire the same publishers by hand, and an
+//! `OutboxEvent` impl needs three constants and `partition_key`. A crate that
+//! re-exports outbox under another path tells the macros with
+//! `#[outbox(crate = path)]` / `#[publisher(crate = path)]`.
 //!
 //! ## Features
 //!

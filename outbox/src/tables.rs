@@ -1,4 +1,4 @@
-use crate::Error;
+use crate::error::Error;
 
 /// The longest accepted schema name or table prefix. Leaves room for the
 /// suffixes the outbox appends (`_dead_letters`, `_key_idx`) within

@@ -142,6 +142,11 @@ pub(crate) mod sealed {
 
     /// What each database supplies: its enqueue, migrate and Source. Sealed,
     /// so that these stay internal and can change between releases.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a database the outbox is built for",
+        label = "the outbox has no store for this database",
+        note = "enable the outbox's cargo feature for it: `postgres` for `sqlx::Postgres`, `mysql` for `sqlx::MySql`, `sqlite` for `sqlx::Sqlite` (the default)"
+    )]
     pub trait Sealed: sqlx::Database {
         fn enqueue<'a>(
             conn: &'a mut Self::Connection,

@@ -1,0 +1,156 @@
+//! What a user's crate can do with the public items alone: build a stored
+//! event and a context in one line to test a publisher, and write a Source
+//! of its own for a Runner. Nothing here reaches into the crate.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use outbox::{
+    ClaimedEvent, Context, DeadLetter, Error, OutboxEvent, Outcome, Publisher, Runner, Settlement,
+    Source, StorageBox, Tables, Uuid, publisher_fn,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, OutboxEvent)]
+#[outbox(name = "api.ping", key = n)]
+struct Ping {
+    n: u32,
+}
+
+fn log_ping() -> impl Publisher {
+    publisher_fn::<Ping, _, _>("log", |ping, cx| async move {
+        if ping.n == 2 {
+            return Err(outbox::PublishError::permanent("two is refused"));
+        }
+        assert_eq!(
+            cx.event().partition_key.as_deref(),
+            Some(&*ping.n.to_string())
+        );
+        Ok(())
+    })
+}
+
+#[tokio::test]
+async fn a_publisher_is_tested_with_a_context_built_in_one_line() {
+    let publisher = log_ping();
+    let cx = Context::for_event(StorageBox::from_event(&Ping { n: 7 }).unwrap());
+    assert_eq!(cx.attempt(), 1);
+    publisher.publish(&cx).await.unwrap();
+
+    let refused = Context::for_event(StorageBox::from_event(&Ping { n: 2 }).unwrap());
+    assert!(
+        publisher
+            .publish(&refused)
+            .await
+            .unwrap_err()
+            .is_permanent()
+    );
+
+    let garbage = Context::for_event(StorageBox::new("api.ping", b"not json".to_vec()));
+    let error = publisher.publish(&garbage).await.unwrap_err();
+    assert!(
+        error.is_permanent(),
+        "an undecodable payload is permanent: {error}"
+    );
+}
+
+/// A Source written outside the crate: events in a Vec, for one Runner.
+#[derive(Default)]
+struct VecSource {
+    waiting: Mutex<Vec<StorageBox>>,
+    claimed: Mutex<Vec<Uuid>>,
+    acked: Mutex<Vec<Uuid>>,
+    settled: Mutex<Vec<Settlement>>,
+}
+
+#[async_trait::async_trait]
+impl Source for VecSource {
+    async fn claim(
+        &self,
+        _owner: Uuid,
+        limit: usize,
+        _lease: Duration,
+    ) -> Result<Vec<ClaimedEvent>, Error> {
+        let mut waiting = self.waiting.lock().unwrap();
+        let n = limit.min(waiting.len());
+        let batch: Vec<ClaimedEvent> = waiting.drain(..n).map(ClaimedEvent::new).collect();
+        let mut claimed = self.claimed.lock().unwrap();
+        claimed.extend(batch.iter().map(|c| c.event.id));
+        Ok(batch)
+    }
+
+    async fn ack(&self, _owner: Uuid, ids: &[Uuid]) -> Result<u64, Error> {
+        self.claimed.lock().unwrap().retain(|id| !ids.contains(id));
+        self.acked.lock().unwrap().extend_from_slice(ids);
+        Ok(ids.len() as u64)
+    }
+
+    async fn settle(&self, _owner: Uuid, settlement: &Settlement) -> Result<bool, Error> {
+        self.claimed
+            .lock()
+            .unwrap()
+            .retain(|id| *id != settlement.id);
+        self.settled.lock().unwrap().push(settlement.clone());
+        Ok(true)
+    }
+
+    async fn release(&self, _owner: Uuid, _ids: &[Uuid]) -> Result<u64, Error> {
+        Ok(0)
+    }
+
+    async fn pending(&self) -> Result<u64, Error> {
+        let waiting = self.waiting.lock().unwrap().len();
+        Ok((waiting + self.claimed.lock().unwrap().len()) as u64)
+    }
+
+    async fn dead_letters(&self, _limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        Ok(Vec::new())
+    }
+
+    async fn retry_dead_letters(&self, _ids: Option<&[Uuid]>) -> Result<u64, Error> {
+        Ok(0)
+    }
+
+    async fn purge_dead_letters(&self, _before: SystemTime) -> Result<u64, Error> {
+        Ok(0)
+    }
+}
+
+#[tokio::test]
+async fn a_source_of_its_own_drives_a_runner() {
+    let source = Arc::new(VecSource::default());
+    let one = StorageBox::from_event(&Ping { n: 1 }).unwrap();
+    let two = StorageBox::from_event(&Ping { n: 2 }).unwrap();
+    let (one_id, two_id) = (one.id, two.id);
+    source.waiting.lock().unwrap().extend([one, two]);
+
+    let report = Runner::with_source(source.clone())
+        .without_registered()
+        .publisher(log_ping())
+        .shutdown(std::future::pending())
+        .build()
+        .unwrap()
+        .drain()
+        .await
+        .unwrap();
+    assert_eq!((report.published, report.dead_lettered), (1, 1));
+    assert_eq!(*source.acked.lock().unwrap(), vec![one_id]);
+    let settled = source.settled.lock().unwrap();
+    assert_eq!(settled.len(), 1);
+    assert_eq!(settled[0].id, two_id);
+    assert_eq!(settled[0].outcome, Outcome::Finish);
+    assert_eq!(settled[0].dead_letters[0].publisher, "log");
+    assert_eq!(settled[0].dead, vec!["log".to_owned()]);
+}
+
+#[test]
+fn tables_are_refused_on_a_runner_over_a_given_source() {
+    let err = match Runner::with_source(Arc::new(VecSource::default()))
+        .tables(Tables::new("billing").unwrap())
+        .build()
+    {
+        Ok(_) => panic!("tables() on a given Source was accepted and ignored"),
+        Err(err) => err,
+    };
+    assert!(err.to_string().contains("`Runner::with_source`"), "{err}");
+}
