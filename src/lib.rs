@@ -387,10 +387,15 @@ impl Tx {
 
     /// `outbox::enqueue_raw` in this transaction.
     pub async fn enqueue_raw(&mut self, events: &[NewEvent]) {
+        self.try_enqueue_raw(events).await.unwrap();
+    }
+
+    /// `outbox::enqueue_raw` in this transaction, returning its error.
+    pub async fn try_enqueue_raw(&mut self, events: &[NewEvent]) -> Result<(), outbox::Error> {
         match self {
-            Self::Pg(tx, t) => t.enqueue_raw(tx, events).await.unwrap(),
-            Self::Sqlite(tx, t) => t.enqueue_raw(tx, events).await.unwrap(),
-            Self::MySql(tx, t) => t.enqueue_raw(tx, events).await.unwrap(),
+            Self::Pg(tx, t) => t.enqueue_raw(tx, events).await,
+            Self::Sqlite(tx, t) => t.enqueue_raw(tx, events).await,
+            Self::MySql(tx, t) => t.enqueue_raw(tx, events).await,
         }
     }
 

@@ -27,6 +27,7 @@
 //! backend does beyond the contracts (its clock, its locks) is tested in
 //! `tests/backend_specific.rs`.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outbox::{Failure, NewEvent, OutboxEvent, PublishError, Settlement, Uuid};
@@ -57,6 +58,10 @@ on_every_backend!(
     dead_letters_can_be_listed_retried_and_purged,
     same_key_waits_for_its_head_other_keys_go_on,
     an_event_without_publisher_waits_for_one,
+    two_runners_with_slow_publishers_publish_each_event_once,
+    an_error_text_with_a_nul_byte_is_dead_lettered_once,
+    fields_that_do_not_fit_are_refused_before_any_statement,
+    a_drain_whose_claims_keep_failing_returns_the_error,
     a_no_publisher_dead_letter_of_an_older_release_reaches_every_publisher,
     a_retried_dead_letter_waits_for_its_publisher,
 );
@@ -351,6 +356,7 @@ async fn shutdown_releases_work_after_the_grace_period(backend: Backend) {
     let runner = db
         .runner()
         .publisher(slow.clone())
+        .batch_size(10)
         .publish_timeout(Duration::from_secs(40))
         .lease(Duration::from_secs(60))
         .grace_period(Duration::from_millis(200))
@@ -738,5 +744,143 @@ async fn a_retried_dead_letter_waits_for_its_publisher(backend: Backend) {
         .unwrap();
     assert_eq!(audit.calls().len(), 1);
     assert!(billing.calls().is_empty());
+    db.cleanup().await;
+}
+
+/// Two Runners, a publisher slow enough that a batch takes most of its lease
+/// (the settings `build` still accepts): each event is published once. With
+/// a lease shorter than the batch (refused now, see `registered.rs`), the
+/// leases expired mid-batch and events were published two to four times.
+async fn two_runners_with_slow_publishers_publish_each_event_once(backend: Backend) {
+    let db = TestDb::new(backend, "slow_batches").await;
+    let mut tx = db.begin().await;
+    for key in 0..10 {
+        tx.enqueue(&order(key)).await;
+    }
+    tx.commit().await;
+    let slow = Recorder::new("slow", &[ORDER]).always(Answer::Sleep(Duration::from_millis(300)));
+    let runner = || {
+        db.runner()
+            .publisher(slow.clone())
+            .batch_size(10)
+            .concurrency(1)
+            .publish_timeout(Duration::from_millis(400))
+            .lease(Duration::from_millis(4500))
+            .build()
+            .unwrap()
+            .drain()
+    };
+    let (a, b) = tokio::join!(runner(), runner());
+    assert_eq!(a.unwrap().published + b.unwrap().published, 10);
+    let mut ids: Vec<Uuid> = slow.calls().iter().map(|c| c.id).collect();
+    assert_eq!(ids.len(), 10, "published more than once");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10);
+    db.cleanup().await;
+}
+
+/// PostgreSQL refuses a NUL byte in text: an error text carrying one could
+/// not be recorded, so the event was claimed again and again, never
+/// dead-lettered, and held up its key for good. Error texts are made
+/// storable before they reach SQL.
+async fn an_error_text_with_a_nul_byte_is_dead_lettered_once(backend: Backend) {
+    let db = TestDb::new(backend, "nul_error").await;
+    let first = place(&db, 1).await;
+    let mut tx = db.begin().await;
+    let second = tx.enqueue(&order(1)).await;
+    tx.commit().await;
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let nul = outbox::publisher_fn::<TestOrder, _, _>("nul", move |_, cx| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(cx.id());
+            if seen.lock().unwrap().len() == 1 {
+                return Err(PublishError::permanent("bad\0byte"));
+            }
+            Ok(())
+        }
+    });
+    let report = db
+        .runner()
+        .publisher(nul)
+        .max_attempts(2)
+        .build()
+        .unwrap()
+        .drain()
+        .await
+        .unwrap();
+    assert_eq!(*calls.lock().unwrap(), vec![first, second]);
+    assert_eq!((report.published, report.dead_lettered), (1, 1));
+    let dead = db.source().dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].error, "bad\\0byte");
+    db.cleanup().await;
+}
+
+/// A NUL byte, or a value longer than its column, is refused by enqueue
+/// with the field named, before any statement: the caller's transaction
+/// stays usable (PostgreSQL aborts a transaction whose statement failed).
+async fn fields_that_do_not_fit_are_refused_before_any_statement(backend: Backend) {
+    let db = TestDb::new(backend, "bad_fields").await;
+    let bad = [
+        (NewEvent::new("t\0ype", "{}"), "event type"),
+        (NewEvent::new("test.raw", "{}").topic("to\0pic"), "topic"),
+        (
+            NewEvent::new("test.raw", "{}").partition_key("k\0"),
+            "partition key",
+        ),
+        (
+            NewEvent::new("test.raw", "{}").partition_key("é".repeat(513)),
+            "partition key",
+        ),
+        (
+            NewEvent::new("test.raw", "{}").header("trace\0", "x"),
+            "header name",
+        ),
+        (
+            NewEvent::new("test.raw", "{}").header("traceparent", "x\0"),
+            "header value",
+        ),
+        (NewEvent::new("t".repeat(256), "{}"), "event type"),
+    ];
+    let mut tx = db.begin().await;
+    for (event, field) in bad {
+        let err = tx.try_enqueue_raw(&[event]).await.unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(err, outbox::Error::InvalidEvent { field: f, .. } if f == field),
+            "{field}: {message}"
+        );
+    }
+    let fits = NewEvent::new("test.raw", "{}").partition_key("é".repeat(512));
+    tx.try_enqueue_raw(&[fits]).await.unwrap();
+    tx.commit().await;
+    assert_eq!(db.pending().await, 1);
+    db.cleanup().await;
+}
+
+/// A drain over an outbox whose table is gone (or whose privileges were
+/// revoked) returned never; it returns the database's error after a bounded
+/// time (20 s of failing claims).
+async fn a_drain_whose_claims_keep_failing_returns_the_error(backend: Backend) {
+    let db = TestDb::new(backend, "claims_fail").await;
+    place(&db, 1).await;
+    let gone = db.tables_with_prefix("never_migrated");
+    let drain = db
+        .runner()
+        .tables(gone)
+        .publisher(Recorder::new("rec", &[ORDER]))
+        .build()
+        .unwrap()
+        .drain();
+    let result = tokio::time::timeout(Duration::from_secs(35), drain)
+        .await
+        .expect("the drain did not give up on claims that fail for good");
+    assert!(
+        matches!(result, Err(outbox::Error::Database(_))),
+        "{result:?}"
+    );
     db.cleanup().await;
 }

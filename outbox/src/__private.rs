@@ -4,10 +4,10 @@
 pub use futures_util::future::BoxFuture;
 pub use inventory;
 
-pub use crate::event::EventTypeInfo;
-pub use crate::publisher::PublisherRegistration;
 use crate::error::PublishError;
+pub use crate::event::EventTypeInfo;
 use crate::event::{OutboxEvent, PartitionKey};
+pub use crate::publisher::PublisherRegistration;
 use crate::publisher::{Context, PublisherOutput, StateRequirement};
 
 /// `#[publisher]`: decode the event argument (the bound is the check that

@@ -56,6 +56,7 @@ impl Tables {
         event: &E,
     ) -> Result<Uuid, Error> {
         let event = NewEvent::from_event(event)?;
+        event.validate()?;
         let id = event.id;
         <DB as Sealed>::enqueue(&mut **tx, self, std::slice::from_ref(&event)).await?;
         Ok(id)
@@ -71,6 +72,7 @@ impl Tables {
             .into_iter()
             .map(NewEvent::from_event)
             .collect::<Result<Vec<_>, _>>()?;
+        events.iter().try_for_each(NewEvent::validate)?;
         <DB as Sealed>::enqueue(&mut **tx, self, &events).await?;
         Ok(events.iter().map(|e| e.id).collect())
     }
@@ -81,6 +83,7 @@ impl Tables {
         tx: &mut sqlx::Transaction<'_, DB>,
         events: &[NewEvent],
     ) -> Result<(), Error> {
+        events.iter().try_for_each(NewEvent::validate)?;
         <DB as Sealed>::enqueue(&mut **tx, self, events).await
     }
 }

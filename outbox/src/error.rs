@@ -82,6 +82,19 @@ pub enum Error {
         required: &'static str,
     },
 
+    /// An event cannot be stored as it is; nothing was written and the
+    /// caller's transaction is still usable.
+    #[error("cannot enqueue event `{event_type}`: its {field} {reason}")]
+    InvalidEvent {
+        /// The event's type name (cut short when it is itself the problem).
+        event_type: String,
+        /// Which field: `event type`, `topic`, `partition key`, `header name`,
+        /// `header value`.
+        field: &'static str,
+        /// What is wrong and what fits.
+        reason: String,
+    },
+
     /// A Runner setting is out of range.
     #[error("invalid Runner setting `{setting}`: {reason}")]
     InvalidSetting {

@@ -179,6 +179,13 @@ impl From<NewEvent> for StorageBox {
     }
 }
 
+/// The longest event type name or header name, in bytes.
+pub(crate) const MAX_TYPE_LEN: usize = 255;
+/// The longest topic, in bytes.
+pub(crate) const MAX_TOPIC_LEN: usize = 1024;
+/// The longest partition key, in bytes (the MySQL column is `VARBINARY(1024)`).
+pub(crate) const MAX_KEY_LEN: usize = 1024;
+
 /// An event to insert: a [`StorageBox`] before it has been stored.
 ///
 /// Build one from a typed event with [`NewEvent::from_event`], or by hand to
@@ -261,6 +268,52 @@ impl NewEvent {
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name.into(), value.into());
         self
+    }
+
+    /// Check that every field fits the columns of every backend, before any
+    /// statement runs: a statement that fails leaves the caller's
+    /// transaction aborted (PostgreSQL), and a value cut to its column
+    /// (MySQL without strict mode) would be an event no claim can read.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let invalid = |field: &'static str, reason: String| {
+            let mut event_type = self.event_type.clone();
+            if event_type.len() > MAX_TYPE_LEN {
+                event_type = crate::text::cut(&event_type, MAX_TYPE_LEN);
+            }
+            Err(Error::InvalidEvent {
+                event_type,
+                field,
+                reason,
+            })
+        };
+        let text = |field: &'static str, value: &str, max: usize| {
+            if value.contains('\0') {
+                return invalid(
+                    field,
+                    "contains a NUL character, which databases cannot store in text".to_owned(),
+                );
+            }
+            if value.len() > max {
+                return invalid(
+                    field,
+                    format!("is {} bytes long; at most {max} fit", value.len()),
+                );
+            }
+            Ok(())
+        };
+        text("event type", &self.event_type, MAX_TYPE_LEN)?;
+        if self.event_type.is_empty() {
+            return invalid("event type", "is empty".to_owned());
+        }
+        text("topic", &self.topic, MAX_TOPIC_LEN)?;
+        if let Some(key) = &self.partition_key {
+            text("partition key", key, MAX_KEY_LEN)?;
+        }
+        for (name, value) in &self.headers {
+            text("header name", name, MAX_TYPE_LEN)?;
+            text("header value", value, usize::MAX)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn headers_json(&self) -> String {

@@ -106,6 +106,7 @@ mod registry;
 mod runner;
 mod store;
 mod tables;
+mod text;
 
 pub use delivery::{ClaimedEvent, Failure, Outcome, Settlement};
 pub use enqueue::{enqueue, enqueue_all, enqueue_raw};

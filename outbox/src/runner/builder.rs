@@ -67,6 +67,9 @@ impl Default for Settings {
     }
 }
 
+/// The longest duration any setting accepts.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Where the Runner's Source comes from.
 pub(super) enum SourceFactory {
     /// A pool: the Source is made for the builder's tables.
@@ -167,7 +170,10 @@ impl RunnerBuilder {
     );
     setter!(
         /// How long a claim is held before another Runner may take the event
-        /// (default 60 s). Must exceed [`publish_timeout`](Self::publish_timeout).
+        /// (default 60 s). Must exceed what a whole batch can take:
+        /// `ceil(batch_size / concurrency)` times
+        /// [`publish_timeout`](Self::publish_timeout), which [`build`](Self::build)
+        /// checks.
         lease: Duration
     );
     setter!(
@@ -235,11 +241,47 @@ impl RunnerBuilder {
         if s.max_attempts == 0 {
             return invalid("max_attempts", "must be at least 1");
         }
-        if s.publish_timeout >= s.lease {
-            return invalid(
-                "lease",
-                "must be longer than publish_timeout, or a slow publisher would outlive its claim",
-            );
+        // Every duration ends up in SQL arithmetic on timestamps: a year is
+        // far beyond any sensible value and far within every backend's range.
+        for (setting, value) in [
+            ("lease", s.lease),
+            ("poll_interval", s.poll_interval),
+            ("publish_timeout", s.publish_timeout),
+            ("grace_period", s.grace_period),
+            ("backoff", s.backoff_max),
+            (
+                "dead_letter_retention",
+                s.dead_letter_retention.unwrap_or_default(),
+            ),
+        ] {
+            if value > MAX_DURATION {
+                return Err(Error::InvalidSetting {
+                    setting,
+                    reason: format!(
+                        "is {value:?}; at most {MAX_DURATION:?} (365 days) is accepted"
+                    ),
+                });
+            }
+        }
+        if s.backoff_initial > s.backoff_max {
+            return invalid("backoff", "the initial delay must not exceed the maximum");
+        }
+        // A claim's events are published `concurrency` at a time, each for at
+        // most `publish_timeout`: the lease must outlast the whole batch, or
+        // another Runner (or this one) claims events still being published
+        // and publishes them again without any fault.
+        let rounds = s.batch_size.div_ceil(s.concurrency);
+        let batch_time = s
+            .publish_timeout
+            .saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX));
+        if batch_time >= s.lease {
+            return Err(Error::InvalidSetting {
+                setting: "lease",
+                reason: format!(
+                    "is {:?}, but a batch can take {batch_time:?} (batch_size {} / concurrency {} = {rounds} round(s) of publish_timeout {:?}), so its leases would expire while it is published and its events be published twice; raise lease above {batch_time:?}, or lower batch_size or publish_timeout, or raise concurrency",
+                    s.lease, s.batch_size, s.concurrency, s.publish_timeout
+                ),
+            });
         }
         if s.poll_interval.is_zero() {
             return invalid("poll_interval", "must be above zero");

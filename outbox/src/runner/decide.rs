@@ -9,6 +9,7 @@ use crate::delivery::{ClaimedEvent, Failure, Outcome, Settlement};
 use crate::error::PublishError;
 use crate::registry::Producer;
 use crate::runner::KeyPolicy;
+use crate::text::storable_error;
 
 /// The settings the decision depends on.
 #[derive(Debug, Clone)]
@@ -74,7 +75,7 @@ pub(crate) fn decide(
             }
             Err(e) if e.is_permanent() => dead_letters.push(Failure {
                 publisher,
-                error: e.to_string(),
+                error: storable_error(&e.to_string()),
             }),
             Err(e) => transient.push((publisher, e)),
         }
@@ -87,7 +88,10 @@ pub(crate) fn decide(
             for (publisher, e) in transient {
                 dead_letters.push(Failure {
                     publisher,
-                    error: format!("gave up after {} attempts: {e}", event.attempt),
+                    error: storable_error(&format!(
+                        "gave up after {} attempts: {e}",
+                        event.attempt
+                    )),
                 });
             }
         } else {
@@ -117,7 +121,7 @@ pub(crate) fn decide(
             tally.retried = transient.len() as u64;
             outcome = Some(Outcome::Retry {
                 delay,
-                error: error.join("; "),
+                error: storable_error(&error.join("; ")),
             });
         }
     }
@@ -132,19 +136,21 @@ pub(crate) fn decide(
         None => match absent_reason(absent, &event.event_type) {
             Some(reason) => Outcome::Hold {
                 delay: policy.hold_delay(),
-                reason,
+                reason: storable_error(&reason),
             },
             None if policy.key_policy == KeyPolicy::Block
                 && event.partition_key.is_some()
                 && !settlement.dead.is_empty() =>
             {
                 Outcome::Park {
-                    error: settlement
-                        .dead_letters
-                        .iter()
-                        .map(|f| format!("{}: {}", f.publisher, f.error))
-                        .collect::<Vec<_>>()
-                        .join("; "),
+                    error: storable_error(
+                        &settlement
+                            .dead_letters
+                            .iter()
+                            .map(|f| format!("{}: {}", f.publisher, f.error))
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    ),
                 }
             }
             None => Outcome::Finish,
@@ -527,6 +533,21 @@ mod tests {
         assert!(
             matches!(s.outcome, Outcome::Hold { ref reason, .. } if reason.contains("`audit`"))
         );
+    }
+
+    #[test]
+    fn error_texts_are_storable() {
+        let c = claimed(1, None);
+        let results = vec![("a".to_owned(), Err(PublishError::permanent("bad\0byte")))];
+        let (s, _) = decide(&c, results, &Absent::Nobody, &policy(KeyPolicy::Skip), 0.5);
+        assert_eq!(s.dead_letters[0].error, "bad\\0byte");
+        let huge = "e".repeat(1 << 20);
+        let results = vec![("a".to_owned(), Err(PublishError::transient(huge)))];
+        let (s, _) = decide(&c, results, &Absent::Nobody, &policy(KeyPolicy::Skip), 0.5);
+        let Outcome::Retry { error, .. } = s.outcome else {
+            panic!()
+        };
+        assert!(error.len() <= crate::text::MAX_ERROR_LEN, "{}", error.len());
     }
 
     #[test]

@@ -24,6 +24,13 @@ use crate::event::StorageBox;
 use crate::publisher::Context;
 use crate::registry::Producer;
 
+/// How long a drain goes on while every claim fails (the table is gone, a
+/// privilege was revoked, the database is down) before it returns the error.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(20);
+/// Consecutive failed claims after which each one is logged as an error, not
+/// a warning: a database that does not answer for that long needs a person.
+const ESCALATE_AFTER: u32 = 5;
+
 impl Core {
     pub(super) async fn main_loop(
         &self,
@@ -32,6 +39,7 @@ impl Core {
     ) -> Result<(), Error> {
         info!(publishers = self.registry.len(), "outbox: runner started");
         let mut failures = 0u32;
+        let mut failing_since = None;
         let mut to_ack: Vec<Uuid> = Vec::new();
         let mut housekeeping = tokio::time::Instant::now();
         self.housekeeping().await;
@@ -68,21 +76,35 @@ impl Core {
             match claimed {
                 Err(e) => {
                     failures += 1;
-                    let delay = backoff(
+                    let failing = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    if mode == Mode::Drain && failing.elapsed() >= DRAIN_PATIENCE {
+                        error!(error = %e, failures, "outbox: claims keep failing, the drain gives up");
+                        return Err(e);
+                    }
+                    let mut delay = backoff(
                         failures,
                         Duration::from_millis(100),
                         Duration::from_secs(30),
                         fastrand::f64(),
                     );
-                    warn!(error = %e, retry_in = ?delay, "outbox: claim failed");
+                    if mode == Mode::Drain {
+                        delay = delay.min(DRAIN_PATIENCE.saturating_sub(failing.elapsed()));
+                    }
+                    if failures < ESCALATE_AFTER {
+                        warn!(error = %e, retry_in = ?delay, "outbox: claim failed");
+                    } else {
+                        error!(error = %e, failures, failing_for = ?failing.elapsed(), retry_in = ?delay, "outbox: claims keep failing; nothing is published until the database answers");
+                    }
                     if sleep_or_stop(delay, stop).await {
                         break;
                     }
                 }
                 // The ack just made the next events of its keys claimable.
-                Ok(batch) if batch.is_empty() && !acking.is_empty() => failures = 0,
+                Ok(batch) if batch.is_empty() && !acking.is_empty() => {
+                    (failures, failing_since) = (0, None);
+                }
                 Ok(batch) if batch.is_empty() => {
-                    failures = 0;
+                    (failures, failing_since) = (0, None);
                     if mode == Mode::Drain {
                         match self.source.pending().await {
                             Ok(0) => break,
@@ -95,7 +117,7 @@ impl Core {
                     }
                 }
                 Ok(batch) => {
-                    failures = 0;
+                    (failures, failing_since) = (0, None);
                     debug!(claimed = batch.len(), "outbox: claimed");
                     to_ack = self.process_batch(batch, stop).await;
                     if mode == Mode::Drain {
