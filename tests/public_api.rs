@@ -154,3 +154,26 @@ fn tables_are_refused_on_a_runner_over_a_given_source() {
     };
     assert!(err.to_string().contains("`Runner::with_source`"), "{err}");
 }
+
+#[derive(Debug, Serialize, Deserialize, OutboxEvent)]
+#[outbox(name = "api.deep")]
+struct Deep {
+    value: serde_json::Value,
+}
+
+/// A value nested 10,000 deep used to overflow the stack of the tokio
+/// worker that serialized it, aborting the whole process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_deeply_nested_event_is_encoded_without_overflowing_the_stack() {
+    let encoded = tokio::spawn(async {
+        let mut value = serde_json::Value::Null;
+        for _ in 0..10_000 {
+            value = serde_json::Value::Array(vec![value]);
+        }
+        let event = StorageBox::from_event(&Deep { value }).map(|e| e.payload.len());
+        event
+    })
+    .await
+    .unwrap();
+    assert_eq!(encoded.unwrap(), 10_000 * 2 + 4 + "{\"value\":}".len());
+}

@@ -33,8 +33,16 @@ pub trait OutboxEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn partition_key(&self) -> Option<String>;
 
     /// Serialize the payload (JSON by default).
+    ///
+    /// The default grows the stack as needed (`serde_stacker`), so a deeply
+    /// nested value is encoded instead of overflowing the stack of the
+    /// calling thread; decoding refuses nesting deeper than 128 levels, so
+    /// such an event is dead-lettered with that reason.
     fn encode(&self) -> Result<Vec<u8>, BoxError> {
-        serde_json::to_vec(self).map_err(Into::into)
+        let mut out = Vec::with_capacity(128);
+        let mut json = serde_json::Serializer::new(&mut out);
+        self.serialize(serde_stacker::Serializer::new(&mut json))?;
+        Ok(out)
     }
 
     /// Deserialize a stored payload written with schema `version`.

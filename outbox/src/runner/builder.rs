@@ -189,7 +189,11 @@ impl RunnerBuilder {
     );
     setter!(
         /// How long one publisher call may take before it counts as a
-        /// transient failure (default 10 s).
+        /// transient failure (default 10 s). The timeout can only cut a
+        /// publisher short at an `.await`: one that blocks its thread (a
+        /// synchronous client, `std::thread::sleep`, a long computation)
+        /// runs on past it and holds a worker thread; run such work with
+        /// `tokio::task::spawn_blocking` and await that.
         publish_timeout: Duration
     );
     setter!(
