@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 use outbox::{Context, Error, OutboxEvent, State, publisher, publisher_fn};
-use outbox_tests::{Backend, TestDb};
+use outbox_tests::{Backend, Recorder, TestDb};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize, OutboxEvent)]
@@ -192,6 +192,21 @@ async fn settings_out_of_range_are_refused() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("backoff"), "{err}");
+
+    // A name no dead-letter table can store (MySQL's column is 255 long).
+    for name in ["p".repeat(256), "nul\0name".to_owned(), String::new()] {
+        let err = db
+            .runner()
+            .publisher(Recorder::new(&name, &["reg.order"]))
+            .build()
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("invalid Runner setting `publisher`"),
+            "{err}"
+        );
+    }
     db.cleanup().await;
 }
 

@@ -95,6 +95,7 @@ impl Registry {
 
         let mut names: HashMap<&str, &str> = HashMap::new();
         for (publisher, description) in &candidates {
+            check_name(publisher.name(), description)?;
             if let Some(first) = names.insert(publisher.name(), description) {
                 return Err(Error::DuplicatePublisher {
                     name: publisher.name().to_owned(),
@@ -168,6 +169,31 @@ impl Registry {
             .or_insert(wired)
             .clone()
     }
+}
+
+/// The longest publisher name, in bytes: the dead-letter table's
+/// `publisher` column is `VARCHAR(255)` on MySQL.
+const MAX_NAME_LEN: usize = 255;
+
+/// A publisher's name is stored with every delivery and dead letter: it must
+/// fit the columns of every backend, or no outcome of it could be recorded.
+fn check_name(name: &str, description: &str) -> Result<(), Error> {
+    let reason = if name.is_empty() {
+        "is empty".to_owned()
+    } else if name.len() > MAX_NAME_LEN {
+        format!("is {} bytes long; at most {MAX_NAME_LEN} fit", name.len())
+    } else if name.chars().any(char::is_control) {
+        "contains a control character (such as NUL)".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidSetting {
+        setting: "publisher",
+        reason: format!(
+            "the name {:?} of {description} {reason}",
+            crate::text::cut(name, 80)
+        ),
+    })
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
