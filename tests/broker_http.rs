@@ -539,7 +539,7 @@ async fn route_and_selection_choose_url_and_events() {
 
     let hook = WebhookPublisher::new(&receiver.url("/hooks/"))
         .unwrap()
-        .name("order_hook")
+        .named("order_hook")
         .select(Selection::only(["test.order"]))
         .route(Route::template("{topic}/{event_type}"));
     let invoices = Recorder::new("invoices", &["test.invoice"]);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use outbox::brokers::{Route, header};
 use outbox::nats::async_nats::jetstream::{self, stream::Stream};
 use outbox::nats::{JetStreamPublisher, MSG_ID, async_nats};
-use outbox::{NewEvent, OutboxEvent, PublishError, publisher_fn};
+use outbox::{NewEvent, OutboxEvent, PublishError, Publisher, publisher_fn};
 use outbox_tests::proxy::FaultProxy;
 use outbox_tests::{Backend, TestDb};
 use serde::{Deserialize, Serialize};
@@ -244,7 +244,8 @@ async fn subject_without_stream_is_retried_then_dead_lettered_with_advice() {
     let subject = format!("outbox.test.nostream.{:08x}", fastrand::u32(..));
     enqueue(&db, &raw_event(&subject, b"{}")).await;
 
-    let nats = JetStreamPublisher::new(js).name("nats-orders");
+    let nats = JetStreamPublisher::new(js).named("nats-orders");
+    assert_eq!(nats.name(), "nats-orders", "Publisher::name reads it back");
     let report = db
         .runner()
         .publisher(nats)

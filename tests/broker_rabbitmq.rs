@@ -322,7 +322,7 @@ async fn selection_forwards_only_chosen_types() {
     let rabbit = RabbitPublisher::connect(&amqp_uri(RABBIT), broker.exchange.as_str())
         .await
         .unwrap()
-        .name("orders_rabbit")
+        .named("orders_rabbit")
         .select(Selection::only(["test.order"]));
     let invoices = Recorder::new("invoices", &["test.invoice"]);
     let report = db

@@ -94,9 +94,26 @@ extern crate self as outbox;
 
 #[cfg(feature = "_brokers")]
 pub mod brokers;
+// The broker modules live in `brokers/` beside what they share, and are
+// public at the crate root only: `outbox::nats`, not `outbox::brokers::nats`.
 mod error;
 mod event;
+#[cfg(feature = "http")]
+#[path = "brokers/http/mod.rs"]
+pub mod http;
+#[cfg(feature = "mqtt")]
+#[path = "brokers/mqtt/mod.rs"]
+pub mod mqtt;
+#[cfg(feature = "nats")]
+#[path = "brokers/nats.rs"]
+pub mod nats;
 mod publisher;
+#[cfg(feature = "rabbitmq")]
+#[path = "brokers/rabbitmq.rs"]
+pub mod rabbitmq;
+#[cfg(feature = "redis")]
+#[path = "brokers/redis.rs"]
+pub mod redis;
 mod runner;
 mod store;
 mod tables;
@@ -115,16 +132,6 @@ pub use runner::{KeyPolicy, RunReport, Runner, RunnerBuilder};
 pub use store::{Backend, ClaimedEvent, DeadLetter, Failure, Headers, Settlement, Source, source};
 pub use tables::Tables;
 
-#[cfg(feature = "http")]
-pub use brokers::http;
-#[cfg(feature = "mqtt")]
-pub use brokers::mqtt;
-#[cfg(feature = "nats")]
-pub use brokers::nats;
-#[cfg(feature = "rabbitmq")]
-pub use brokers::rabbitmq;
-#[cfg(feature = "redis")]
-pub use brokers::redis;
 pub use uuid::Uuid;
 
 /// Enqueue one event in the caller's transaction, in the default tables.
