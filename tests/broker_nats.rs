@@ -12,7 +12,7 @@ use outbox::nats::async_nats::jetstream::{self, stream::Stream};
 use outbox::nats::{JetStreamPublisher, MSG_ID, async_nats};
 use outbox::{NewEvent, OutboxEvent, PublishError, Publisher, publisher_fn};
 use outbox_tests::proxy::FaultProxy;
-use outbox_tests::{Backend, TestDb};
+use outbox_tests::{Backend, Recording, TestDb};
 use serde::{Deserialize, Serialize};
 
 const NATS: &str = "127.0.0.1:4222";
@@ -284,7 +284,7 @@ async fn outage(fault: Fault, test: &str) {
     let db = TestDb::new(Backend::Sqlite, &format!("nats_{test}")).await;
     let proxy = FaultProxy::start(nats_addr()).await;
     let js = jetstream_at(&proxy.addr().to_string()).await;
-    let nats = JetStreamPublisher::new(js).timeout(Duration::from_millis(400));
+    let nats = Recording::new(JetStreamPublisher::new(js).timeout(Duration::from_millis(400)));
 
     match fault {
         Fault::Down => proxy.down(),
@@ -294,7 +294,7 @@ async fn outage(fault: Fault, test: &str) {
     enqueue(&db, &event).await;
     let runner = db
         .runner()
-        .publisher(nats)
+        .publisher(nats.clone())
         .max_attempts(1_000)
         .build()
         .unwrap();
@@ -316,6 +316,7 @@ async fn outage(fault: Fault, test: &str) {
         .unwrap();
     assert_eq!((report.published, report.dead_lettered), (1, 0));
     assert!(report.retried >= 1, "attempts failed during the outage");
+    nats.assert_transient_failures_then_success();
     let messages = stream.messages().await;
     assert_eq!(
         messages.len(),
