@@ -30,7 +30,7 @@ use std::time::Duration;
 
 pub use publisher::{BrokerPublisher, Wire};
 
-use crate::{PublishError, StorageBox};
+use crate::StorageBox;
 
 /// How long one publish may take by default, until the broker's answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,6 +115,12 @@ impl Route {
 }
 
 /// Where `route` sends `event`; without a route, to the event's topic.
+#[cfg(any(
+    feature = "nats",
+    feature = "rabbitmq",
+    feature = "redis",
+    feature = "mqtt"
+))]
 pub(crate) fn destination(route: Option<&Route>, event: &StorageBox) -> String {
     match route {
         Some(route) => route.resolve(event),
@@ -124,14 +130,15 @@ pub(crate) fn destination(route: Option<&Route>, event: &StorageBox) -> String {
 
 /// Fail for good when the event's payload is above the broker's `limit`
 /// in bytes; `raise` says how to raise that limit.
+#[cfg(any(feature = "rabbitmq", feature = "redis"))]
 pub(crate) fn check_payload(
     event: &StorageBox,
     limit: usize,
     broker: &str,
     raise: &str,
-) -> Result<(), PublishError> {
+) -> Result<(), crate::PublishError> {
     if event.payload.len() > limit {
-        return Err(PublishError::permanent(format!(
+        return Err(crate::PublishError::permanent(format!(
             "event payload is {} bytes, above the {broker} limit of {limit} bytes; shrink the event, or {raise}",
             event.payload.len()
         )));
