@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         .signing_secret(SECRET)?
         .timeout(Duration::from_secs(5));
     let binary = WebhookPublisher::new(&format!("http://{addr}/hooks/"))?
-        .name("webhook-binary")
+        .named("webhook-binary")
         .mode(Mode::Binary)
         .route(Route::template("binary/{topic}"))
         .signing_secret(SECRET)?;

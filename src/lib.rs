@@ -1,7 +1,8 @@
 //! Support for the integration tests and examples of the outbox workspace:
-//! a database per test on any backend, and scriptable recording
-//! publishers; the conformance suites' per-backend macros
-//! ([`on_every_backend!`], [`on_backend!`]) and shared [`fixtures`].
+//! a database per test on any backend, scriptable recording publishers and
+//! a recording wrapper around any publisher; the conformance suites'
+//! per-backend macros ([`on_every_backend!`], [`on_backend!`]) and shared
+//! [`fixtures`].
 
 pub mod checker;
 pub mod crash;
@@ -17,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use outbox::{
-    Context, NewEvent, OutboxEvent, PublishError, Publisher, RunnerBuilder, Source, Tables, Uuid,
+    Context, FailureKind, NewEvent, OutboxEvent, PublishError, Publisher, RunnerBuilder, Source,
+    StateRequirement, Tables, Uuid,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -540,5 +542,112 @@ impl Publisher for Recorder {
                 Ok(())
             }
         }
+    }
+}
+
+/// What one call of a [`Recording`] publisher returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The event id.
+    pub id: Uuid,
+    /// Which attempt.
+    pub attempt: u32,
+    /// `None` on success; else the failure's kind and message.
+    pub error: Option<(FailureKind, String)>,
+}
+
+impl Outcome {
+    /// The failure's kind, `None` on success.
+    pub fn kind(&self) -> Option<FailureKind> {
+        self.error.as_ref().map(|(kind, _)| *kind)
+    }
+}
+
+/// Called after each call of a [`Recording`] with the number of calls so
+/// far.
+type AfterEach = Arc<dyn Fn(usize) + Send + Sync>;
+
+/// Wraps a publisher (a broker's, say): passes every call on unchanged and
+/// records what each returned, in the order they finished.
+pub struct Recording<P> {
+    inner: Arc<P>,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
+    after_each: Option<AfterEach>,
+}
+
+impl<P> Clone for Recording<P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            outcomes: self.outcomes.clone(),
+            after_each: self.after_each.clone(),
+        }
+    }
+}
+
+impl<P: Publisher> Recording<P> {
+    /// Records the calls of `inner`, under its name.
+    pub fn new(inner: P) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            outcomes: Arc::default(),
+            after_each: None,
+        }
+    }
+
+    /// After each call, call `f` with the number of calls so far (to cut a
+    /// connection after the 10th, say).
+    pub fn after_each(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        self.after_each = Some(Arc::new(f));
+        self
+    }
+
+    /// Every call so far.
+    pub fn outcomes(&self) -> Vec<Outcome> {
+        self.outcomes.lock().unwrap().clone()
+    }
+
+    /// Assert that the calls failed as transient at least once, then the
+    /// last one succeeded: what an outage should look like.
+    pub fn assert_transient_failures_then_success(&self) {
+        let outcomes = self.outcomes();
+        let (last, failed) = outcomes.split_last().expect("the publisher was called");
+        assert_eq!(last.error, None, "the last attempt succeeded");
+        assert!(!failed.is_empty(), "attempts failed before the last");
+        for outcome in failed {
+            assert_eq!(outcome.kind(), Some(FailureKind::Transient), "{outcome:?}");
+        }
+    }
+}
+
+#[async_trait]
+impl<P: Publisher> Publisher for Recording<P> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn accepts(&self, event_type: &str) -> bool {
+        self.inner.accepts(event_type)
+    }
+
+    fn required_state(&self) -> Option<StateRequirement> {
+        self.inner.required_state()
+    }
+
+    async fn publish(&self, cx: &Context) -> Result<(), PublishError> {
+        let result = self.inner.publish(cx).await;
+        let calls = {
+            let mut outcomes = self.outcomes.lock().unwrap();
+            outcomes.push(Outcome {
+                id: cx.id(),
+                attempt: cx.attempt(),
+                error: result.as_ref().err().map(|e| (e.kind(), e.to_string())),
+            });
+            outcomes.len()
+        };
+        if let Some(f) = &self.after_each {
+            f(calls);
+        }
+        result
     }
 }

@@ -18,8 +18,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit, Mac};
 use outbox::brokers::{Route, Selection};
 use outbox::http::{Mode, WebhookPublisher};
-use outbox::{FailureKind, NewEvent, OutboxEvent, Uuid, publisher_fn};
-use outbox_tests::{Backend, Recorder, TestDb};
+use outbox::{FailureKind, NewEvent, OutboxEvent, Uuid};
+use outbox_tests::{Backend, Recorder, Recording, TestDb};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -459,22 +459,10 @@ async fn slow_receiver_times_out_as_transient() {
     let hook = WebhookPublisher::new(&receiver.url("/in"))
         .unwrap()
         .timeout(Duration::from_millis(800));
-    let outcomes = Arc::new(Mutex::new(Vec::new()));
-    let log = outcomes.clone();
-    let checked = publisher_fn::<TestOrder, _, _>("webhook_checked", move |_, cx| {
-        let hook = hook.clone();
-        let log = log.clone();
-        async move {
-            let result = hook.publish_event(cx.event()).await;
-            log.lock()
-                .unwrap()
-                .push(result.as_ref().err().map(|e| (e.kind(), e.to_string())));
-            result
-        }
-    });
+    let hook = Recording::new(hook);
     let report = db
         .runner()
-        .publisher(checked)
+        .publisher(hook.clone())
         .max_attempts(5)
         .build()
         .unwrap()
@@ -482,13 +470,13 @@ async fn slow_receiver_times_out_as_transient() {
         .await
         .unwrap();
     assert_eq!(report.published, 1);
-    let outcomes = outcomes.lock().unwrap().clone();
-    let (kind, message) = outcomes[0].clone().expect("the slow attempt failed");
+    let outcomes = hook.outcomes();
+    let (kind, message) = outcomes[0].error.clone().expect("the slow attempt failed");
     assert_eq!(kind, FailureKind::Transient);
     assert!(message.contains("did not answer"), "{message}");
     assert_eq!(
-        outcomes.last().unwrap(),
-        &None,
+        outcomes.last().unwrap().error,
+        None,
         "the last attempt succeeded"
     );
     assert_eq!(receiver.requests().len(), outcomes.len());
@@ -539,7 +527,7 @@ async fn route_and_selection_choose_url_and_events() {
 
     let hook = WebhookPublisher::new(&receiver.url("/hooks/"))
         .unwrap()
-        .name("order_hook")
+        .named("order_hook")
         .select(Selection::only(["test.order"]))
         .route(Route::template("{topic}/{event_type}"));
     let invoices = Recorder::new("invoices", &["test.invoice"]);

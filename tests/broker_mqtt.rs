@@ -14,7 +14,7 @@ use outbox::mqtt::rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use outbox::mqtt::rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use outbox::{NewEvent, OutboxEvent, publisher_fn};
 use outbox_tests::proxy::FaultProxy;
-use outbox_tests::{Backend, TestDb};
+use outbox_tests::{Backend, Recording, TestDb};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -315,10 +315,12 @@ async fn outage(fault: Fault, test: &str) {
     let mut subscriber = Subscriber::new(&topic).await;
     let db = TestDb::new(Backend::Sqlite, &format!("mqtt_{test}")).await;
     let proxy = FaultProxy::start("127.0.0.1:1883".parse().unwrap()).await;
-    let mqtt = MqttPublisher::connect(options(proxy.port()))
-        .await
-        .unwrap()
-        .timeout(Duration::from_millis(400));
+    let mqtt = Recording::new(
+        MqttPublisher::connect(options(proxy.port()))
+            .await
+            .unwrap()
+            .timeout(Duration::from_millis(400)),
+    );
 
     match fault {
         Fault::Down => proxy.down(),
@@ -328,7 +330,7 @@ async fn outage(fault: Fault, test: &str) {
     enqueue(&db, std::slice::from_ref(&event)).await;
     let runner = db
         .runner()
-        .publisher(mqtt)
+        .publisher(mqtt.clone())
         .max_attempts(1_000)
         .build()
         .unwrap();
@@ -356,6 +358,7 @@ async fn outage(fault: Fault, test: &str) {
         .unwrap();
     assert_eq!((report.published, report.dead_lettered), (1, 0));
     assert!(report.retried >= 1, "attempts failed during the outage");
+    mqtt.assert_transient_failures_then_success();
     let mut arrived = vec![subscriber.next().await];
     arrived.extend(subscriber.drain(Duration::from_millis(300)).await);
     if let Fault::Down = fault {

@@ -10,9 +10,9 @@ use std::time::Duration;
 use outbox::brokers::{Route, header};
 use outbox::nats::async_nats::jetstream::{self, stream::Stream};
 use outbox::nats::{JetStreamPublisher, MSG_ID, async_nats};
-use outbox::{NewEvent, OutboxEvent, PublishError, publisher_fn};
+use outbox::{NewEvent, OutboxEvent, PublishError, Publisher, publisher_fn};
 use outbox_tests::proxy::FaultProxy;
-use outbox_tests::{Backend, TestDb};
+use outbox_tests::{Backend, Recording, TestDb};
 use serde::{Deserialize, Serialize};
 
 const NATS: &str = "127.0.0.1:4222";
@@ -244,7 +244,8 @@ async fn subject_without_stream_is_retried_then_dead_lettered_with_advice() {
     let subject = format!("outbox.test.nostream.{:08x}", fastrand::u32(..));
     enqueue(&db, &raw_event(&subject, b"{}")).await;
 
-    let nats = JetStreamPublisher::new(js).name("nats-orders");
+    let nats = JetStreamPublisher::new(js).named("nats-orders");
+    assert_eq!(nats.name(), "nats-orders", "Publisher::name reads it back");
     let report = db
         .runner()
         .publisher(nats)
@@ -283,7 +284,7 @@ async fn outage(fault: Fault, test: &str) {
     let db = TestDb::new(Backend::Sqlite, &format!("nats_{test}")).await;
     let proxy = FaultProxy::start(nats_addr()).await;
     let js = jetstream_at(&proxy.addr().to_string()).await;
-    let nats = JetStreamPublisher::new(js).timeout(Duration::from_millis(400));
+    let nats = Recording::new(JetStreamPublisher::new(js).timeout(Duration::from_millis(400)));
 
     match fault {
         Fault::Down => proxy.down(),
@@ -293,7 +294,7 @@ async fn outage(fault: Fault, test: &str) {
     enqueue(&db, &event).await;
     let runner = db
         .runner()
-        .publisher(nats)
+        .publisher(nats.clone())
         .max_attempts(1_000)
         .build()
         .unwrap();
@@ -315,6 +316,7 @@ async fn outage(fault: Fault, test: &str) {
         .unwrap();
     assert_eq!((report.published, report.dead_lettered), (1, 0));
     assert!(report.retried >= 1, "attempts failed during the outage");
+    nats.assert_transient_failures_then_success();
     let messages = stream.messages().await;
     assert_eq!(
         messages.len(),

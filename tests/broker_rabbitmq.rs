@@ -20,9 +20,9 @@ use outbox::rabbitmq::lapin::types::{AMQPValue, FieldTable, LongString};
 use outbox::rabbitmq::lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
 };
-use outbox::{FailureKind, NewEvent, OutboxEvent, PublishError, Uuid, publisher_fn};
+use outbox::{FailureKind, NewEvent, OutboxEvent, Uuid, publisher_fn};
 use outbox_tests::proxy::FaultProxy;
-use outbox_tests::{Backend, Recorder, TestDb, unique_name};
+use outbox_tests::{Backend, Outcome, Recorder, Recording, TestDb, unique_name};
 use serde::{Deserialize, Serialize};
 
 const RABBIT: &str = "127.0.0.1:5672";
@@ -322,7 +322,7 @@ async fn selection_forwards_only_chosen_types() {
     let rabbit = RabbitPublisher::connect(&amqp_uri(RABBIT), broker.exchange.as_str())
         .await
         .unwrap()
-        .name("orders_rabbit")
+        .named("orders_rabbit")
         .select(Selection::only(["test.order"]));
     let invoices = Recorder::new("invoices", &["test.invoice"]);
     let report = db
@@ -474,23 +474,11 @@ async fn nack_is_transient() {
     let first = place(&db, 1).await;
     let second = place(&db, 2).await;
 
-    let attempts = Arc::new(Mutex::new(Vec::new()));
-    let log = attempts.clone();
-    let rabbit = RabbitPublisher::new(&amqp_uri(RABBIT), broker.exchange.as_str()).unwrap();
-    let checked = publisher_fn::<TestOrder, _, _>("rabbit_checked", move |_, cx| {
-        let rabbit = rabbit.clone();
-        let log = log.clone();
-        async move {
-            let result = rabbit.publish_event(cx.event()).await;
-            log.lock()
-                .unwrap()
-                .push((cx.id(), result.as_ref().err().map(PublishError::kind)));
-            result
-        }
-    });
+    let rabbit =
+        Recording::new(RabbitPublisher::new(&amqp_uri(RABBIT), broker.exchange.as_str()).unwrap());
     let report = db
         .runner()
-        .publisher(checked)
+        .publisher(rabbit.clone())
         .max_attempts(2)
         .build()
         .unwrap()
@@ -510,12 +498,11 @@ async fn nack_is_transient() {
     assert_eq!(dead[0].event.id, refused);
     assert_eq!(dead[0].attempts, 2, "a nack is retried");
     assert!(dead[0].error.contains("basic.nack"), "{}", dead[0].error);
-    let kinds: Vec<_> = attempts
-        .lock()
-        .unwrap()
+    let kinds: Vec<_> = rabbit
+        .outcomes()
         .iter()
-        .filter(|(id, _)| *id == refused)
-        .map(|(_, kind)| *kind)
+        .filter(|o| o.id == refused)
+        .map(Outcome::kind)
         .collect();
     assert_eq!(
         kinds,
@@ -644,46 +631,31 @@ async fn cut_with_a_publish_in_flight_retries_and_delivers() {
     // connection is cut, so RabbitMQ never sees it and no confirm comes.
     proxy.blackhole(true);
     let id = place(&db, 1).await;
-    let outcomes = Arc::new(Mutex::new(Vec::new()));
-    let log = outcomes.clone();
-    let checked = publisher_fn::<TestOrder, _, _>("rabbit_checked", move |_, cx| {
-        let rabbit = rabbit.clone();
-        let log = log.clone();
-        async move {
-            let result = rabbit.publish_event(cx.event()).await;
-            log.lock()
-                .unwrap()
-                .push(result.as_ref().err().map(|e| (e.kind(), e.to_string())));
-            result
-        }
-    });
+    let rabbit = Recording::new(rabbit);
     let runner = db
         .runner()
-        .publisher(checked)
+        .publisher(rabbit.clone())
         .max_attempts(1000)
         .build()
         .unwrap();
     let drain = tokio::spawn(runner.drain());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        outcomes.lock().unwrap().is_empty(),
-        "the publish is in flight"
-    );
+    assert!(rabbit.outcomes().is_empty(), "the publish is in flight");
     assert_eq!(db.pending().await, 1);
     proxy.cut();
     proxy.up();
     let report = drain.await.unwrap().unwrap();
     assert_eq!(report.published, 1);
-    let outcomes = outcomes.lock().unwrap().clone();
-    let (kind, message) = outcomes[0].clone().expect("the cut attempt failed");
+    let outcomes = rabbit.outcomes();
+    let (kind, message) = outcomes[0].error.clone().expect("the cut attempt failed");
     assert_eq!(kind, FailureKind::Transient);
     assert!(
         !message.contains("did not confirm"),
         "the cut was noticed only by the timeout: {message}"
     );
     assert_eq!(
-        outcomes.last().unwrap(),
-        &None,
+        outcomes.last().unwrap().error,
+        None,
         "the last attempt succeeded"
     );
     assert_eq!(broker.take_ids().await, strings(&[id]));
@@ -711,23 +683,10 @@ async fn connection_cuts_mid_stream_never_ack_a_missing_message() {
 
     // Cut every connection after the 10th, 25th and 40th publish, while
     // publishes of other keys are in flight.
-    let calls = Arc::new(Mutex::new(0u32));
     let cutter = proxy.clone();
-    let cutting = publisher_fn::<TestOrder, _, _>("rabbit_cut", move |_, cx| {
-        let rabbit = rabbit.clone();
-        let calls = calls.clone();
-        let proxy = cutter.clone();
-        async move {
-            let result = rabbit.publish_event(cx.event()).await;
-            let n = {
-                let mut calls = calls.lock().unwrap();
-                *calls += 1;
-                *calls
-            };
-            if [10, 25, 40].contains(&n) {
-                proxy.cut();
-            }
-            result
+    let cutting = Recording::new(rabbit).after_each(move |calls| {
+        if [10, 25, 40].contains(&calls) {
+            cutter.cut();
         }
     });
     let report = db
@@ -767,22 +726,10 @@ async fn missing_confirm_times_out_as_transient_then_reconnects() {
     // The connection stays open but nothing gets through: no confirm comes.
     proxy.blackhole(true);
     let id = place(&db, 1).await;
-    let kinds = Arc::new(Mutex::new(Vec::new()));
-    let log = kinds.clone();
-    let checked = publisher_fn::<TestOrder, _, _>("rabbit_checked", move |_, cx| {
-        let rabbit = rabbit.clone();
-        let log = log.clone();
-        async move {
-            let result = rabbit.publish_event(cx.event()).await;
-            log.lock()
-                .unwrap()
-                .push(result.as_ref().err().map(|e| (e.kind(), e.to_string())));
-            result
-        }
-    });
+    let rabbit = Recording::new(rabbit);
     let runner = db
         .runner()
-        .publisher(checked)
+        .publisher(rabbit.clone())
         .max_attempts(1000)
         .build()
         .unwrap();
@@ -791,11 +738,15 @@ async fn missing_confirm_times_out_as_transient_then_reconnects() {
     proxy.blackhole(false);
     let report = drain.await.unwrap().unwrap();
     assert_eq!(report.published, 1);
-    let kinds = kinds.lock().unwrap().clone();
-    let (kind, message) = kinds[0].clone().expect("the first attempt failed");
+    let outcomes = rabbit.outcomes();
+    let (kind, message) = outcomes[0].error.clone().expect("the first attempt failed");
     assert_eq!(kind, FailureKind::Transient);
     assert!(message.contains("did not confirm"), "{message}");
-    assert_eq!(kinds.last().unwrap(), &None, "the last attempt succeeded");
+    assert_eq!(
+        outcomes.last().unwrap().error,
+        None,
+        "the last attempt succeeded"
+    );
     let got: BTreeSet<String> = broker.take_ids().await.into_iter().collect();
     assert_eq!(got, strings(&[id]).into_iter().collect());
     broker.cleanup().await;

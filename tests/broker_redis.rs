@@ -11,7 +11,7 @@ use outbox::redis::redis::{self, AsyncCommands};
 use outbox::redis::{ID_FIELD, PAYLOAD_FIELD, RedisStreamPublisher};
 use outbox::{NewEvent, OutboxEvent, publisher_fn};
 use outbox_tests::proxy::FaultProxy;
-use outbox_tests::{Backend, TestDb};
+use outbox_tests::{Backend, Recording, TestDb};
 use serde::{Deserialize, Serialize};
 
 const REDIS: &str = "redis://127.0.0.1:6379/";
@@ -291,10 +291,12 @@ async fn outage(fault: Fault, test: &str) {
     let key = unique_key(test);
     let db = TestDb::new(Backend::Sqlite, &format!("redis_{test}")).await;
     let proxy = FaultProxy::start("127.0.0.1:6379".parse().unwrap()).await;
-    let redis = RedisStreamPublisher::connect(&format!("redis://{}/", proxy.addr()))
-        .await
-        .unwrap()
-        .timeout(Duration::from_millis(400));
+    let redis = Recording::new(
+        RedisStreamPublisher::connect(&format!("redis://{}/", proxy.addr()))
+            .await
+            .unwrap()
+            .timeout(Duration::from_millis(400)),
+    );
 
     match fault {
         Fault::Down => proxy.down(),
@@ -304,7 +306,7 @@ async fn outage(fault: Fault, test: &str) {
     enqueue(&db, std::slice::from_ref(&event)).await;
     let runner = db
         .runner()
-        .publisher(redis)
+        .publisher(redis.clone())
         .max_attempts(1_000)
         .build()
         .unwrap();
@@ -322,6 +324,7 @@ async fn outage(fault: Fault, test: &str) {
         .unwrap();
     assert_eq!((report.published, report.dead_lettered), (1, 0));
     assert!(report.retried >= 1, "attempts failed during the outage");
+    redis.assert_transient_failures_then_success();
     // Requests held by the blackhole reach Redis once it lifts.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stored = entries(&key).await;

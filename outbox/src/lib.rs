@@ -99,9 +99,26 @@ extern crate self as outbox;
 pub mod brokers;
 mod delivery;
 mod enqueue;
+// The broker modules live in `brokers/` beside what they share, and are
+// public at the crate root only: `outbox::nats`, not `outbox::brokers::nats`.
 mod error;
 mod event;
+#[cfg(feature = "http")]
+#[path = "brokers/http/mod.rs"]
+pub mod http;
+#[cfg(feature = "mqtt")]
+#[path = "brokers/mqtt/mod.rs"]
+pub mod mqtt;
+#[cfg(feature = "nats")]
+#[path = "brokers/nats.rs"]
+pub mod nats;
 mod publisher;
+#[cfg(feature = "rabbitmq")]
+#[path = "brokers/rabbitmq.rs"]
+pub mod rabbitmq;
+#[cfg(feature = "redis")]
+#[path = "brokers/redis.rs"]
+pub mod redis;
 mod registry;
 mod runner;
 mod store;
@@ -122,16 +139,6 @@ pub use runner::{KeyPolicy, RunReport, Runner, RunnerBuilder, run};
 pub use store::{Backend, DeadLetter, Source, migrate, source};
 pub use tables::Tables;
 
-#[cfg(feature = "http")]
-pub use brokers::http;
-#[cfg(feature = "mqtt")]
-pub use brokers::mqtt;
-#[cfg(feature = "nats")]
-pub use brokers::nats;
-#[cfg(feature = "rabbitmq")]
-pub use brokers::rabbitmq;
-#[cfg(feature = "redis")]
-pub use brokers::redis;
 pub use uuid::Uuid;
 
 #[doc(hidden)]

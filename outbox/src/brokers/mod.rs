@@ -1,23 +1,39 @@
-//! Pieces shared by the built-in broker publishers: which events a
-//! forwarder takes, where each one goes, and the metadata every message
-//! carries.
+//! What the built-in broker publishers share: one publisher type,
+//! [`BrokerPublisher`], with the settings every broker has (name,
+//! [selection](Selection), [route](Route), timeout), over one broker's
+//! [`Wire`] protocol; and the metadata every message carries.
+//!
+//! The publishers themselves are in the broker modules, one per feature:
+//!
+//! | module | feature | publisher |
+//! | --- | --- | --- |
+//! | `outbox::nats` | `nats` | `JetStreamPublisher` |
+//! | `outbox::rabbitmq` | `rabbitmq` | `RabbitPublisher` |
+//! | `outbox::redis` | `redis` | `RedisStreamPublisher` |
+//! | `outbox::mqtt` | `mqtt` | `MqttPublisher` |
+//! | `outbox::http` | `http` | `WebhookPublisher` |
+//!
+//! Each is a `BrokerPublisher` over that module's wire, so they are set up
+//! alike: a constructor in the broker's module, then
+//! [`named`](BrokerPublisher::named), [`select`](BrokerPublisher::select),
+//! [`route`](BrokerPublisher::route) and
+//! [`timeout`](BrokerPublisher::timeout), plus the broker's own options.
+//! Each module's documentation has a table of which outcomes are a success,
+//! a transient failure (retried) or a permanent one (dead-lettered at once).
 
-#[cfg(feature = "http")]
-pub mod http;
-#[cfg(feature = "mqtt")]
-pub mod mqtt;
-#[cfg(feature = "nats")]
-pub mod nats;
-#[cfg(feature = "rabbitmq")]
-pub mod rabbitmq;
-#[cfg(feature = "redis")]
-pub mod redis;
+mod publisher;
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
+
+pub use publisher::{BrokerPublisher, Wire};
 
 use crate::StorageBox;
+
+/// How long one publish may take by default, until the broker's answer.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which events a forwarding publisher receives.
 #[derive(Clone, Debug, Default)]
@@ -98,6 +114,38 @@ impl Route {
     }
 }
 
+/// Where `route` sends `event`; without a route, to the event's topic.
+#[cfg(any(
+    feature = "nats",
+    feature = "rabbitmq",
+    feature = "redis",
+    feature = "mqtt"
+))]
+pub(crate) fn destination(route: Option<&Route>, event: &StorageBox) -> String {
+    match route {
+        Some(route) => route.resolve(event),
+        None => event.topic.clone(),
+    }
+}
+
+/// Fail for good when the event's payload is above the broker's `limit`
+/// in bytes; `raise` says how to raise that limit.
+#[cfg(any(feature = "rabbitmq", feature = "redis"))]
+pub(crate) fn check_payload(
+    event: &StorageBox,
+    limit: usize,
+    broker: &str,
+    raise: &str,
+) -> Result<(), crate::PublishError> {
+    if event.payload.len() > limit {
+        return Err(crate::PublishError::permanent(format!(
+            "event payload is {} bytes, above the {broker} limit of {limit} bytes; shrink the event, or {raise}",
+            event.payload.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Header names the built-in publishers use for the event's metadata (plus
 /// every header stored with the event, such as `traceparent`).
 pub mod header {
@@ -135,4 +183,26 @@ pub fn metadata(event: &StorageBox) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// A stored event as the Runner would hand it over, for unit tests.
+#[cfg(test)]
+pub(crate) fn stored(event: crate::NewEvent) -> StorageBox {
+    StorageBox {
+        id: event.id,
+        event_type: event.event_type,
+        version: event.version,
+        topic: event.topic,
+        partition_key: event.partition_key,
+        payload: event.payload,
+        headers: event.headers,
+        created_at: std::time::SystemTime::now(),
+        attempt: 1,
+    }
+}
+
+/// Only the brokers of this crate have a [`Wire`].
+pub(crate) mod sealed {
+    /// The supertrait that seals [`Wire`](super::Wire).
+    pub trait Sealed {}
 }

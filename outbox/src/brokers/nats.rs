@@ -42,14 +42,10 @@ pub use async_nats;
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{Context as JetStream, PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, ErrorCode};
-use async_trait::async_trait;
 use tracing::{debug, warn};
 
-use super::{Route, Selection, metadata};
-use crate::{Context, PublishError as OutboxPublishError, Publisher, StorageBox};
-
-/// How long a publish may wait for JetStream's PubAck.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::brokers::{BrokerPublisher, Route, Wire, destination, metadata, sealed};
+use crate::{PublishError as OutboxPublishError, StorageBox};
 
 /// The header that JetStream deduplicates on; it carries the event id.
 pub const MSG_ID: &str = "Nats-Msg-Id";
@@ -72,32 +68,39 @@ pub const MSG_ID: &str = "Nats-Msg-Id";
 /// message that says which subject needs a stream. Retry it from the
 /// dead-letter table once the stream exists.
 ///
-/// A publish that gets no PubAck within the [timeout](Self::timeout) fails
-/// (transient), even if the message may have been stored: the retry carries
-/// the same `Nats-Msg-Id`, so JetStream stores it once and answers the retry
-/// with a duplicate PubAck, which counts as success. The client reconnects
-/// by itself after a connection loss.
+/// A publish that gets no PubAck within the
+/// [timeout](BrokerPublisher::timeout) fails (transient), even if the
+/// message may have been stored: the retry carries the same `Nats-Msg-Id`,
+/// so JetStream stores it once and answers the retry with a duplicate
+/// PubAck, which counts as success. The JetStream context's own timeout
+/// (5 s unless set on its builder) also applies. The client reconnects by
+/// itself after a connection loss.
 ///
-/// It is a [`Publisher`] (a forwarder for all or [selected](Self::select)
-/// events) and can also be called from your own `#[publisher]` function with
-/// [`publish_event`](Self::publish_event).
+/// The settings every broker shares are on [`BrokerPublisher`]. From your
+/// own `#[publisher]` function:
+///
+/// ```no_run
+/// # use outbox::{Context, PublishError, publisher, OutboxEvent};
+/// # use outbox::nats::JetStreamPublisher;
+/// # #[derive(serde::Serialize, serde::Deserialize, OutboxEvent)]
+/// # struct OrderPlaced { order_id: i64 }
+/// #[publisher]
+/// async fn to_nats(_: OrderPlaced, cx: Context) -> Result<(), PublishError> {
+///     let nats = cx.state::<JetStreamPublisher>().expect("given with .state(...)");
+///     nats.publish_event(cx.event()).await
+/// }
+/// ```
+pub type JetStreamPublisher = BrokerPublisher<JetStreamWire>;
+
+/// The wire protocol of a [`JetStreamPublisher`]: its JetStream context.
 #[derive(Clone)]
-pub struct JetStreamPublisher {
-    name: String,
+pub struct JetStreamWire {
     jetstream: JetStream,
-    selection: Selection,
-    route: Route,
-    timeout: Duration,
 }
 
-impl fmt::Debug for JetStreamPublisher {
+impl fmt::Debug for JetStreamWire {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JetStreamPublisher")
-            .field("name", &self.name)
-            .field("selection", &self.selection)
-            .field("route", &self.route)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+        f.debug_struct("JetStreamWire").finish_non_exhaustive()
     }
 }
 
@@ -105,13 +108,7 @@ impl JetStreamPublisher {
     /// A publisher on a JetStream context, e.g.
     /// `async_nats::jetstream::new(client)`.
     pub fn new(jetstream: JetStream) -> Self {
-        Self {
-            name: "nats".to_owned(),
-            jetstream,
-            selection: Selection::All,
-            route: Route::Topic,
-            timeout: DEFAULT_TIMEOUT,
-        }
+        Self::with_wire(JetStreamWire { jetstream })
     }
 
     /// Connect to a NATS server (e.g. `"127.0.0.1:4222"` or
@@ -124,54 +121,24 @@ impl JetStreamPublisher {
         Ok(Self::new(jetstream::new(client)))
     }
 
-    /// The publisher's name (default `"nats"`); give each NATS publisher of
-    /// one Runner its own.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Which event types it forwards (default: all).
-    pub fn select(mut self, selection: Selection) -> Self {
-        self.selection = selection;
-        self
-    }
-
-    /// The subject of each event (default: its topic).
-    pub fn route(mut self, route: Route) -> Self {
-        self.route = route;
-        self
-    }
-
-    /// How long one publish may wait for the PubAck (default 5 s). Keep it
-    /// below the Runner's `publish_timeout`; the JetStream context's own
-    /// timeout (5 s unless set on its builder) also applies.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
     /// The JetStream context it publishes through.
     pub fn jetstream(&self) -> &JetStream {
-        &self.jetstream
+        &self.wire.jetstream
     }
+}
 
-    /// Publish one event and wait for JetStream's PubAck: what the
-    /// [`Publisher`] impl does, for use in your own `#[publisher]` function.
-    ///
-    /// ```no_run
-    /// # use outbox::{Context, PublishError, publisher, OutboxEvent};
-    /// # use outbox::nats::JetStreamPublisher;
-    /// # #[derive(serde::Serialize, serde::Deserialize, OutboxEvent)]
-    /// # struct OrderPlaced { order_id: i64 }
-    /// #[publisher]
-    /// async fn to_nats(_: OrderPlaced, cx: Context) -> Result<(), PublishError> {
-    ///     let nats = cx.state::<JetStreamPublisher>().expect("given with .state(...)");
-    ///     nats.publish_event(cx.event()).await
-    /// }
-    /// ```
-    pub async fn publish_event(&self, event: &StorageBox) -> Result<(), OutboxPublishError> {
-        let subject = self.route.resolve(event);
+impl sealed::Sealed for JetStreamWire {}
+
+impl Wire for JetStreamWire {
+    const NAME: &'static str = "nats";
+
+    async fn send(
+        &self,
+        event: &StorageBox,
+        route: Option<&Route>,
+        timeout: Duration,
+    ) -> Result<(), OutboxPublishError> {
+        let subject = destination(route, event);
         check_subject(&subject)?;
         let (headers, headers_len) = headers(event);
         let max_payload = self.jetstream.client().max_payload();
@@ -189,7 +156,7 @@ impl JetStreamPublisher {
                 .await?;
             ack.await
         };
-        match tokio::time::timeout(self.timeout, publish).await {
+        match tokio::time::timeout(timeout, publish).await {
             Ok(Ok(ack)) => {
                 if ack.duplicate {
                     debug!(event_id = %event.id, stream = %ack.stream, seq = ack.sequence, "outbox: JetStream already had this message (duplicate PubAck)");
@@ -200,8 +167,7 @@ impl JetStreamPublisher {
             }
             Ok(Err(e)) => Err(classify(&subject, e)),
             Err(_) => Err(OutboxPublishError::transient(format!(
-                "JetStream did not acknowledge the message on subject {subject:?} within {:?}; it will be sent again with the same {MSG_ID}, so JetStream stores it once",
-                self.timeout
+                "JetStream did not acknowledge the message on subject {subject:?} within {timeout:?}; it will be sent again with the same {MSG_ID}, so JetStream stores it once"
             ))),
         }
     }
@@ -288,20 +254,5 @@ fn classify(subject: &str, e: PublishError) -> OutboxPublishError {
                 )),
             }
         }
-    }
-}
-
-#[async_trait]
-impl Publisher for JetStreamPublisher {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn accepts(&self, event_type: &str) -> bool {
-        self.selection.accepts(event_type)
-    }
-
-    async fn publish(&self, cx: &Context) -> Result<(), OutboxPublishError> {
-        self.publish_event(cx.event()).await
     }
 }

@@ -41,7 +41,6 @@ use std::time::{Duration, UNIX_EPOCH};
 
 pub use lapin;
 
-use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::AMQPUri;
@@ -49,14 +48,13 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
-use super::{JSON, Route, Selection, metadata};
-use crate::{Context, PublishError, Publisher, StorageBox};
+use crate::brokers::{
+    BrokerPublisher, JSON, Route, Wire, check_payload, destination, metadata, sealed,
+};
+use crate::{PublishError, StorageBox};
 
 /// RabbitMQ's default `max_message_size` (3.8 and later): 128 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
-
-/// How long a publish may wait for connecting and for RabbitMQ's confirm.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// AMQP `delivery_mode` of a persistent message.
 const PERSISTENT: u8 = 2;
@@ -69,7 +67,7 @@ const PERSISTENT: u8 = 2;
 /// [`metadata`] (`outbox-event-id`, `outbox-event-type`,
 /// `outbox-schema-version`, `outbox-partition-key`, `traceparent`, ...) as
 /// AMQP headers. The routing key is the event's topic unless
-/// [`route`](Self::route) says otherwise.
+/// [`route`](BrokerPublisher::route) says otherwise.
 ///
 /// Messages are published with `mandatory` set, so RabbitMQ returns a
 /// message that no queue receives instead of dropping it. **An unroutable
@@ -86,29 +84,40 @@ const PERSISTENT: u8 = 2;
 /// ([`new`](Self::new), [`connect`](Self::connect)) reconnects lazily on the
 /// next publish after a connection loss or a timeout; one built from an
 /// existing [`Channel`] or [`Connection`] uses it as is and never reconnects.
+/// The [timeout](BrokerPublisher::timeout) covers connecting too, until
+/// RabbitMQ confirms.
 ///
-/// It is a [`Publisher`] (a forwarder for all or [selected](Self::select)
-/// events) and can also be called from your own `#[publisher]` function
-/// with [`publish_event`](Self::publish_event).
+/// The settings every broker shares are on [`BrokerPublisher`]. From your
+/// own `#[publisher]` function:
+///
+/// ```no_run
+/// # use outbox::{Context, PublishError, State, publisher, OutboxEvent};
+/// # use outbox::rabbitmq::RabbitPublisher;
+/// # #[derive(serde::Serialize, serde::Deserialize, OutboxEvent)]
+/// # struct OrderPlaced { order_id: i64 }
+/// #[publisher]
+/// async fn to_rabbit(_: OrderPlaced, cx: Context) -> Result<(), PublishError> {
+///     let rabbit = cx
+///         .state::<RabbitPublisher>()
+///         .ok_or_else(|| PublishError::permanent("give the RabbitPublisher with .state(..)"))?;
+///     rabbit.publish_event(cx.event()).await
+/// }
+/// ```
+pub type RabbitPublisher = BrokerPublisher<RabbitWire>;
+
+/// The wire protocol of a [`RabbitPublisher`]: its exchange, connection and
+/// size limit.
 #[derive(Clone)]
-pub struct RabbitPublisher {
-    name: String,
+pub struct RabbitWire {
     exchange: String,
-    selection: Selection,
-    route: Route,
-    timeout: Duration,
     max_message_size: usize,
     link: Arc<Mutex<Link>>,
 }
 
-impl fmt::Debug for RabbitPublisher {
+impl fmt::Debug for RabbitWire {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RabbitPublisher")
-            .field("name", &self.name)
+        f.debug_struct("RabbitWire")
             .field("exchange", &self.exchange)
-            .field("selection", &self.selection)
-            .field("route", &self.route)
-            .field("timeout", &self.timeout)
             .field("max_message_size", &self.max_message_size)
             .finish_non_exhaustive()
     }
@@ -161,12 +170,9 @@ impl RabbitPublisher {
         let properties = ConnectionProperties::default().with_connection_name("outbox".into());
         Ok(Self::with_link(
             exchange.into(),
-            Link {
-                origin: Origin::Uri(Box::new((uri, properties))),
-                connection: None,
-                channel: None,
-                generation: 0,
-            },
+            Origin::Uri(Box::new((uri, properties))),
+            None,
+            None,
         ))
     }
 
@@ -174,7 +180,7 @@ impl RabbitPublisher {
     /// password fails at startup. Reconnects later like `new`.
     pub async fn connect(uri: &str, exchange: impl Into<String>) -> Result<Self, lapin::Error> {
         let publisher = Self::new(uri, exchange)?;
-        let mut guard = publisher.link.lock().await;
+        let mut guard = publisher.wire.link.lock().await;
         let link = &mut *guard;
         if let Origin::Uri(target) = &link.origin {
             let (uri, properties) = &**target;
@@ -196,131 +202,91 @@ impl RabbitPublisher {
     /// reconnects: once the connection is lost, publishes fail (transient)
     /// until you build a new publisher.
     pub fn from_connection(connection: Connection, exchange: impl Into<String>) -> Self {
-        Self::with_link(
-            exchange.into(),
-            Link {
-                origin: Origin::Connection,
-                connection: Some(connection),
-                channel: None,
-                generation: 0,
-            },
-        )
+        Self::with_link(exchange.into(), Origin::Connection, Some(connection), None)
     }
 
     /// A publisher on an existing channel, which it switches to confirm mode
     /// (`confirm_select`) on its first publish. It never reconnects nor opens
     /// another channel: once the channel closes, publishes fail (transient).
     pub fn from_channel(channel: Channel, exchange: impl Into<String>) -> Self {
-        Self::with_link(
-            exchange.into(),
-            Link {
-                origin: Origin::Channel,
-                connection: None,
-                channel: Some(channel),
-                generation: 0,
-            },
-        )
+        Self::with_link(exchange.into(), Origin::Channel, None, Some(channel))
     }
 
-    fn with_link(exchange: String, link: Link) -> Self {
-        Self {
-            name: "rabbitmq".to_owned(),
+    fn with_link(
+        exchange: String,
+        origin: Origin,
+        connection: Option<Connection>,
+        channel: Option<Channel>,
+    ) -> Self {
+        Self::with_wire(RabbitWire {
             exchange,
-            selection: Selection::All,
-            route: Route::Topic,
-            timeout: DEFAULT_TIMEOUT,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            link: Arc::new(Mutex::new(link)),
-        }
-    }
-
-    /// The publisher's name (default `"rabbitmq"`); give each RabbitMQ
-    /// publisher of one Runner its own.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Which event types it forwards (default: all).
-    pub fn select(mut self, selection: Selection) -> Self {
-        self.selection = selection;
-        self
-    }
-
-    /// The routing key of each event (default: its topic).
-    pub fn route(mut self, route: Route) -> Self {
-        self.route = route;
-        self
-    }
-
-    /// How long one publish may take, connecting included, until RabbitMQ
-    /// confirms (default 5 s). Keep it below the Runner's `publish_timeout`.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
+            link: Arc::new(Mutex::new(Link {
+                origin,
+                connection,
+                channel,
+                generation: 0,
+            })),
+        })
     }
 
     /// The largest payload it sends, in bytes (default 128 MiB, RabbitMQ's
     /// default `max_message_size`); larger events are dead-lettered at once.
     /// Set it to your server's `max_message_size` if you changed that.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
+        self.wire.max_message_size = bytes;
         self
     }
+}
 
-    /// Publish one event and wait for RabbitMQ's confirm: what the
-    /// [`Publisher`] impl does, for use in your own `#[publisher]` function.
-    ///
-    /// ```no_run
-    /// # use outbox::{Context, PublishError, State, publisher, OutboxEvent};
-    /// # use outbox::rabbitmq::RabbitPublisher;
-    /// # #[derive(serde::Serialize, serde::Deserialize, OutboxEvent)]
-    /// # struct OrderPlaced { order_id: i64 }
-    /// #[publisher]
-    /// async fn to_rabbit(_: OrderPlaced, cx: Context) -> Result<(), PublishError> {
-    ///     let rabbit = cx
-    ///         .state::<RabbitPublisher>()
-    ///         .ok_or_else(|| PublishError::permanent("give the RabbitPublisher with .state(..)"))?;
-    ///     rabbit.publish_event(cx.event()).await
-    /// }
-    /// ```
-    pub async fn publish_event(&self, event: &StorageBox) -> Result<(), PublishError> {
-        if event.payload.len() > self.max_message_size {
-            return Err(PublishError::permanent(format!(
-                "event payload is {} bytes, above the RabbitMQ limit of {} bytes; shrink the event, or raise max_message_size on the server and with RabbitPublisher::max_message_size",
-                event.payload.len(),
-                self.max_message_size
-            )));
-        }
+impl sealed::Sealed for RabbitWire {}
+
+impl Wire for RabbitWire {
+    const NAME: &'static str = "rabbitmq";
+
+    async fn send(
+        &self,
+        event: &StorageBox,
+        route: Option<&Route>,
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
+        check_payload(
+            event,
+            self.max_message_size,
+            "RabbitMQ",
+            "raise max_message_size on the server and with RabbitPublisher::max_message_size",
+        )?;
         let exchange = ShortString::try_new(self.exchange.as_str()).map_err(|e| {
             PublishError::permanent(format!(
                 "exchange name {:?} is too long for AMQP: {e}",
                 self.exchange
             ))
         })?;
-        let key = self.route.resolve(event);
+        let key = destination(route, event);
         let routing_key = ShortString::try_new(key.as_str()).map_err(|e| {
             PublishError::permanent(format!(
                 "routing key {key:?} is too long for AMQP: {e}; change the Route"
             ))
         })?;
         let properties = properties(event);
-        let publish = self.send(exchange, routing_key, &event.payload, properties);
-        match tokio::time::timeout(self.timeout, publish).await {
+        let publish = self.deliver(exchange, routing_key, &event.payload, properties);
+        match tokio::time::timeout(timeout, publish).await {
             Ok(result) => result,
             Err(_) => {
                 // No answer: the connection may be dead without RST (a
                 // network partition). Start over on the next publish.
                 self.damaged(None, Damage::Connection).await;
                 Err(PublishError::transient(format!(
-                    "RabbitMQ did not confirm the message within {:?} (exchange {:?}, routing key {key:?}); it will be sent again",
-                    self.timeout, self.exchange
+                    "RabbitMQ did not confirm the message within {timeout:?} (exchange {:?}, routing key {key:?}); it will be sent again",
+                    self.exchange
                 )))
             }
         }
     }
+}
 
-    async fn send(
+impl RabbitWire {
+    async fn deliver(
         &self,
         exchange: ShortString,
         routing_key: ShortString,
@@ -503,19 +469,4 @@ fn properties(event: &StorageBox) -> BasicProperties {
         properties = properties.with_type(event_type);
     }
     properties
-}
-
-#[async_trait]
-impl Publisher for RabbitPublisher {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn accepts(&self, event_type: &str) -> bool {
-        self.selection.accepts(event_type)
-    }
-
-    async fn publish(&self, cx: &Context) -> Result<(), PublishError> {
-        self.publish_event(cx.event()).await
-    }
 }

@@ -36,14 +36,10 @@ pub use ::redis;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, ErrorKind, RedisError, ServerErrorKind};
-use async_trait::async_trait;
 use tracing::{debug, warn};
 
-use super::{Route, Selection, metadata};
-use crate::{Context, PublishError, Publisher, StorageBox};
-
-/// How long a publish may wait for Redis's answer.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::brokers::{BrokerPublisher, Route, Wire, check_payload, destination, metadata, sealed};
+use crate::{PublishError, StorageBox};
 
 /// Redis's default `proto-max-bulk-len`: 512 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 512 * 1024 * 1024;
@@ -65,23 +61,35 @@ pub const PAYLOAD_FIELD: &str = "payload";
 /// `content-type`, `outbox-partition-key`, `traceparent`, ...). With
 /// [`max_len`](Self::max_len) it trims the stream with `MAXLEN ~ n`.
 ///
-/// A publish whose answer does not come within the [timeout](Self::timeout)
-/// fails (transient); Redis may still have appended it, so the retry can
-/// add a second entry with the same `id`. A publisher built with
-/// [`connect`](Self::connect) or [`from_client`](Self::from_client) replaces
-/// its connection after such a timeout (a connection that answers nothing may
-/// be dead without a reset); one built from a [`ConnectionManager`] keeps it.
-/// The [`ConnectionManager`] reconnects by itself after a connection loss.
+/// A publish whose answer does not come within the
+/// [timeout](BrokerPublisher::timeout) fails (transient); Redis may still
+/// have appended it, so the retry can add a second entry with the same `id`.
+/// A publisher built with [`connect`](Self::connect) or
+/// [`from_client`](Self::from_client) replaces its connection after such a
+/// timeout (a connection that answers nothing may be dead without a reset);
+/// one built from a [`ConnectionManager`] keeps it. The
+/// [`ConnectionManager`] reconnects by itself after a connection loss.
 ///
-/// It is a [`Publisher`] (a forwarder for all or [selected](Self::select)
-/// events) and can also be called from your own `#[publisher]` function with
-/// [`publish_event`](Self::publish_event).
+/// The settings every broker shares are on [`BrokerPublisher`]. From your
+/// own `#[publisher]` function:
+///
+/// ```no_run
+/// # use outbox::{Context, PublishError, publisher, OutboxEvent};
+/// # use outbox::redis::RedisStreamPublisher;
+/// # #[derive(serde::Serialize, serde::Deserialize, OutboxEvent)]
+/// # struct OrderPlaced { order_id: i64 }
+/// #[publisher]
+/// async fn to_redis(_: OrderPlaced, cx: Context) -> Result<(), PublishError> {
+///     let redis = cx.state::<RedisStreamPublisher>().expect("given with .state(...)");
+///     redis.publish_event(cx.event()).await
+/// }
+/// ```
+pub type RedisStreamPublisher = BrokerPublisher<RedisStreamWire>;
+
+/// The wire protocol of a [`RedisStreamPublisher`]: its connection and
+/// stream options.
 #[derive(Clone)]
-pub struct RedisStreamPublisher {
-    name: String,
-    selection: Selection,
-    route: Route,
-    timeout: Duration,
+pub struct RedisStreamWire {
     max_len: Option<usize>,
     max_payload: usize,
     link: Arc<Link>,
@@ -93,13 +101,9 @@ struct Link {
     manager: Mutex<ConnectionManager>,
 }
 
-impl fmt::Debug for RedisStreamPublisher {
+impl fmt::Debug for RedisStreamWire {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisStreamPublisher")
-            .field("name", &self.name)
-            .field("selection", &self.selection)
-            .field("route", &self.route)
-            .field("timeout", &self.timeout)
+        f.debug_struct("RedisStreamWire")
             .field("max_len", &self.max_len)
             .field("max_payload", &self.max_payload)
             .finish_non_exhaustive()
@@ -134,80 +138,46 @@ impl RedisStreamPublisher {
     }
 
     fn with_link(link: Link) -> Self {
-        Self {
-            name: "redis".to_owned(),
-            selection: Selection::All,
-            route: Route::Topic,
-            timeout: DEFAULT_TIMEOUT,
+        Self::with_wire(RedisStreamWire {
             max_len: None,
             max_payload: DEFAULT_MAX_PAYLOAD,
             link: Arc::new(link),
-        }
-    }
-
-    /// The publisher's name (default `"redis"`); give each Redis publisher of
-    /// one Runner its own.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Which event types it forwards (default: all).
-    pub fn select(mut self, selection: Selection) -> Self {
-        self.selection = selection;
-        self
-    }
-
-    /// The stream key of each event (default: its topic).
-    pub fn route(mut self, route: Route) -> Self {
-        self.route = route;
-        self
-    }
-
-    /// How long one publish may wait for Redis's answer (default 5 s). Keep
-    /// it below the Runner's `publish_timeout`.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
+        })
     }
 
     /// Trim each stream to about `n` entries (`XADD key MAXLEN ~ n`); the
     /// default keeps every entry.
     pub fn max_len(mut self, n: usize) -> Self {
-        self.max_len = Some(n);
+        self.wire.max_len = Some(n);
         self
     }
 
     /// The largest payload it sends, in bytes (default 512 MiB, Redis's
     /// default `proto-max-bulk-len`); larger events are dead-lettered at once.
     pub fn max_payload(mut self, bytes: usize) -> Self {
-        self.max_payload = bytes;
+        self.wire.max_payload = bytes;
         self
     }
+}
 
-    /// Append one event to its stream and wait for Redis's answer: what the
-    /// [`Publisher`] impl does, for use in your own `#[publisher]` function.
-    ///
-    /// ```no_run
-    /// # use outbox::{Context, PublishError, publisher, OutboxEvent};
-    /// # use outbox::redis::RedisStreamPublisher;
-    /// # #[derive(serde::Serialize, serde::Deserialize, OutboxEvent)]
-    /// # struct OrderPlaced { order_id: i64 }
-    /// #[publisher]
-    /// async fn to_redis(_: OrderPlaced, cx: Context) -> Result<(), PublishError> {
-    ///     let redis = cx.state::<RedisStreamPublisher>().expect("given with .state(...)");
-    ///     redis.publish_event(cx.event()).await
-    /// }
-    /// ```
-    pub async fn publish_event(&self, event: &StorageBox) -> Result<(), PublishError> {
-        if event.payload.len() > self.max_payload {
-            return Err(PublishError::permanent(format!(
-                "event payload is {} bytes, above the Redis limit of {} bytes; shrink the event, or raise proto-max-bulk-len on the server and RedisStreamPublisher::max_payload",
-                event.payload.len(),
-                self.max_payload
-            )));
-        }
-        let key = self.route.resolve(event);
+impl sealed::Sealed for RedisStreamWire {}
+
+impl Wire for RedisStreamWire {
+    const NAME: &'static str = "redis";
+
+    async fn send(
+        &self,
+        event: &StorageBox,
+        route: Option<&Route>,
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
+        check_payload(
+            event,
+            self.max_payload,
+            "Redis",
+            "raise proto-max-bulk-len on the server and RedisStreamPublisher::max_payload",
+        )?;
+        let key = destination(route, event);
         let mut cmd = ::redis::cmd("XADD");
         cmd.arg(&key);
         if let Some(n) = self.max_len {
@@ -223,7 +193,7 @@ impl RedisStreamPublisher {
         }
         let mut connection = self.connection();
         let xadd = cmd.query_async::<String>(&mut connection);
-        match tokio::time::timeout(self.timeout, xadd).await {
+        match tokio::time::timeout(timeout, xadd).await {
             Ok(Ok(entry)) => {
                 debug!(event_id = %event.id, stream = %key, entry = %entry, "outbox: Redis appended the entry");
                 Ok(())
@@ -232,13 +202,14 @@ impl RedisStreamPublisher {
             Err(_) => {
                 self.replace_connection();
                 Err(PublishError::transient(format!(
-                    "Redis did not answer XADD to stream {key:?} within {:?}; it will be sent again (consumers deduplicate on the `{ID_FIELD}` field)",
-                    self.timeout
+                    "Redis did not answer XADD to stream {key:?} within {timeout:?}; it will be sent again (consumers deduplicate on the `{ID_FIELD}` field)"
                 )))
             }
         }
     }
+}
 
+impl RedisStreamWire {
     fn connection(&self) -> ConnectionManager {
         match self.link.manager.lock() {
             Ok(manager) => manager.clone(),
@@ -291,20 +262,5 @@ fn classify(key: &str, e: RedisError) -> PublishError {
             ))
         }
         _ => PublishError::transient(format!("Redis XADD to stream {key:?} failed: {e}")),
-    }
-}
-
-#[async_trait]
-impl Publisher for RedisStreamPublisher {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn accepts(&self, event_type: &str) -> bool {
-        self.selection.accepts(event_type)
-    }
-
-    async fn publish(&self, cx: &Context) -> Result<(), PublishError> {
-        self.publish_event(cx.event()).await
     }
 }
