@@ -108,3 +108,88 @@ async fn mysql_migrations_wait_for_the_migration_lock() {
     assert_eq!(db.source_for(&tables).pending().await.unwrap(), 0);
     db.cleanup().await;
 }
+
+// ---- PostgreSQL and MySQL/MariaDB (SQLite cannot add a CHECK to a table). ----
+
+/// A database that refuses to record an outcome (here a CHECK constraint
+/// on the error text; in the field a value out of range, a text too long)
+/// made the event be claimed again and again: `max_attempts`, the
+/// permanent failure and the key's order were all bypassed, and its other
+/// publishers were called each time. Now a refused statement is not
+/// retried but recorded once more without its texts, so the sibling's
+/// delivery and the dead letter are kept. (Should even that be refused, an
+/// event claimed past `max_attempts + 3` is dead-lettered for what it is
+/// still owed without publishing it again: `runner::decide`'s unit tests.)
+async fn an_outcome_the_database_refuses_ends_in_a_dead_letter(backend: Backend) {
+    let db = TestDb::new(backend, "refused_outcome").await;
+    for table in ["outbox_dead_letters", "outbox_events"] {
+        let column = if table == "outbox_events" {
+            "last_error"
+        } else {
+            "error"
+        };
+        db.exec(&format!(
+            "ALTER TABLE {table} ADD CONSTRAINT {table}_refuse \
+             CHECK ({column} IS NULL OR {column} NOT LIKE '%refuse-me%')"
+        ))
+        .await;
+    }
+    let first = outbox_tests::fixtures::place(&db, 1).await;
+    let mut tx = db.begin().await;
+    let second = tx.enqueue(&order(1)).await;
+    tx.commit().await;
+
+    let refusing =
+        outbox::publisher_fn::<outbox_tests::fixtures::TestOrder, _, _>("refusing", |_, _| async {
+            Err::<(), _>(outbox::PublishError::permanent(
+                "refuse-me: the database will not store this",
+            ))
+        });
+    let sibling = outbox_tests::Recorder::new("sibling", &[outbox_tests::fixtures::ORDER]);
+    let report = db
+        .runner()
+        .publisher(refusing)
+        .publisher(sibling.clone())
+        .max_attempts(2)
+        .batch_size(1)
+        .concurrency(1)
+        .publish_timeout(Duration::from_millis(200))
+        .lease(Duration::from_millis(300))
+        .build()
+        .unwrap()
+        .drain();
+    let report = tokio::time::timeout(Duration::from_secs(60), report)
+        .await
+        .expect("an outcome the database refuses looped")
+        .unwrap();
+    let dead = db.source().dead_letters(10).await.unwrap();
+    let dead_ids: Vec<Uuid> = dead.iter().map(|d| d.event.id).collect();
+    assert_eq!(dead_ids, vec![first, second], "{dead:?}");
+    for d in &dead {
+        assert_eq!(d.publisher, "refusing");
+        assert!(
+            d.error.contains("refused to store this error text"),
+            "{}",
+            d.error
+        );
+    }
+    let sibling_calls: Vec<Uuid> = sibling.calls().iter().map(|c| c.id).collect();
+    assert_eq!(
+        sibling_calls,
+        vec![first, second],
+        "the sibling is called once each"
+    );
+    assert_eq!((report.published, report.dead_lettered), (2, 2));
+    assert_eq!(db.pending().await, 0);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_outcome_the_database_refuses_ends_in_a_dead_letter() {
+    an_outcome_the_database_refuses_ends_in_a_dead_letter(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_an_outcome_the_database_refuses_ends_in_a_dead_letter() {
+    an_outcome_the_database_refuses_ends_in_a_dead_letter(Backend::MySql).await;
+}

@@ -151,6 +151,21 @@ impl Settlement {
         self
     }
 
+    /// The same decision with every error text replaced by a plain note,
+    /// for a database that refused to store the texts themselves.
+    pub(crate) fn without_error_texts(mut self) -> Self {
+        const PLAIN: &str = "the database refused to store this error text; see the Runner's log";
+        for failure in &mut self.dead_letters {
+            PLAIN.clone_into(&mut failure.error);
+        }
+        match &mut self.outcome {
+            Outcome::Retry { error, .. } | Outcome::Park { error } => PLAIN.clone_into(error),
+            Outcome::Hold { reason, .. } => PLAIN.clone_into(reason),
+            Outcome::Finish => {}
+        }
+        self
+    }
+
     /// With these dead letters written now (their publishers are added to
     /// [`dead`](Self::dead)).
     pub fn with_dead_letters(mut self, failures: Vec<Failure>) -> Self {

@@ -105,6 +105,23 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the database refused the statement for its data (a constraint,
+    /// a value out of range or too long), so that running it again cannot
+    /// help; connection failures, timeouts and deadlocks are not refusals.
+    pub fn is_refusal(&self) -> bool {
+        let Error::Database(sqlx::Error::Database(db)) = self else {
+            return false;
+        };
+        if !matches!(db.kind(), sqlx::error::ErrorKind::Other) {
+            return true;
+        }
+        // SQLSTATE class 22: data exception (PostgreSQL, MySQL, MariaDB).
+        db.code()
+            .is_some_and(|code| code.len() == 5 && code.starts_with("22"))
+    }
+}
+
 /// Whether a failed publish should be tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::delivery::{ClaimedEvent, Failure, Outcome, Settlement};
 use crate::error::PublishError;
+use crate::event::StorageBox;
 use crate::registry::Producer;
 use crate::runner::KeyPolicy;
 use crate::text::storable_error;
@@ -215,6 +216,26 @@ pub(crate) fn route<'p>(
     (targets, absent)
 }
 
+/// Claims beyond `max_attempts` that an event may still get. A recorded
+/// outcome never lets an event past `max_attempts` (it is dead-lettered
+/// there, and a hold does not count), so an event claimed this often has
+/// had its outcomes lost: the database refused to record them, or Runners
+/// died or lost their leases mid-publish again and again.
+const LOST_OUTCOMES_GRACE: u32 = 3;
+
+/// Whether `event` was claimed so often beyond `max_attempts` that its
+/// earlier outcomes must have been lost; then the reason to dead-letter what
+/// is still owed instead of publishing again, so that no fault loops an
+/// event (and its siblings' publishers) forever.
+pub(crate) fn outcomes_lost(event: &StorageBox, policy: &Policy) -> Option<String> {
+    (event.attempt > policy.max_attempts.saturating_add(LOST_OUTCOMES_GRACE)).then(|| {
+        format!(
+            "gave up after {} claims: the outcomes of earlier attempts were not recorded (max_attempts is {})",
+            event.attempt, policy.max_attempts
+        )
+    })
+}
+
 /// Exponential backoff with jitter: `initial * 2^(attempt-1)`, capped at
 /// `max`, then a value between half of it and all of it (`jitter` in
 /// `[0, 1)` picks where).
@@ -228,7 +249,6 @@ pub(crate) fn backoff(attempt: u32, initial: Duration, max: Duration, jitter: f6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::StorageBox;
 
     const SEC: Duration = Duration::from_secs(1);
 
@@ -548,6 +568,19 @@ mod tests {
             panic!()
         };
         assert!(error.len() <= crate::text::MAX_ERROR_LEN, "{}", error.len());
+    }
+
+    #[test]
+    fn an_event_whose_outcomes_were_lost_is_given_up_on() {
+        let p = policy(KeyPolicy::Skip);
+        for attempt in 1..=6 {
+            assert!(
+                outcomes_lost(&claimed(attempt, None).event, &p).is_none(),
+                "{attempt}"
+            );
+        }
+        let reason = outcomes_lost(&claimed(7, None).event, &p).unwrap();
+        assert!(reason.contains("gave up after 7 claims"), "{reason}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
-use super::decide::{backoff, decide, route};
+use super::decide::{backoff, decide, outcomes_lost, route};
 use super::shutdown::{sleep_or_stop, stop_requested, stopped};
 use super::{Core, Mode};
 use crate::delivery::{ClaimedEvent, Outcome};
@@ -213,7 +213,7 @@ impl Core {
                     "outbox: grace period over, releasing unfinished events"
                 );
                 let released = persist("release", || self.source.release(self.owner, &left)).await;
-                if released.is_none() {
+                if released.is_err() {
                     warn!(
                         "outbox: could not release events; they become due again when their lease expires"
                     );
@@ -232,13 +232,13 @@ impl Core {
             .instrument(span)
             .await;
         match acked {
-            Some(n) if n as usize == ids.len() => {}
-            Some(n) => warn!(
+            Ok(n) if n as usize == ids.len() => {}
+            Ok(n) => warn!(
                 acked = n,
                 expected = ids.len(),
                 "outbox: some leases expired before the ack; those events will be published again"
             ),
-            None => error!(
+            Err(_) => error!(
                 events = ids.len(),
                 "outbox: ack failed; the events will be published again when their lease expires"
             ),
@@ -256,10 +256,22 @@ impl Core {
         let event = &claimed.event;
         let producers = self.registry.producers(&event.event_type);
         let (targets, absent) = route(&claimed, &producers);
-        let results = join_all(targets.iter().map(|producer| async move {
-            (producer.name().to_owned(), self.call(producer, event).await)
-        }))
-        .await;
+        let policy = self.settings.policy();
+        let results = if let Some(given_up) = outcomes_lost(event, &policy) {
+            // Publishing again would repeat what earlier attempts did without
+            // the outcome being recorded: dead-letter what is still owed.
+            error!(event_id = %event.id, event_type = %event.event_type, attempt = event.attempt, "outbox: {given_up}");
+            let lost = || PublishError::permanent(given_up.clone());
+            targets
+                .iter()
+                .map(|p| (p.name().to_owned(), Err(lost())))
+                .collect()
+        } else {
+            join_all(targets.iter().map(|producer| async move {
+                (producer.name().to_owned(), self.call(producer, event).await)
+            }))
+            .await
+        };
         for (publisher, result) in &results {
             if let Err(e) = result {
                 let attempt = event.attempt;
@@ -273,13 +285,7 @@ impl Core {
             }
         }
 
-        let (settlement, tally) = decide(
-            &claimed,
-            results,
-            &absent,
-            &self.settings.policy(),
-            fastrand::f64(),
-        );
+        let (settlement, tally) = decide(&claimed, results, &absent, &policy, fastrand::f64());
         let stats = &self.stats;
         stats
             .published
@@ -300,19 +306,30 @@ impl Core {
         }
         let span =
             info_span!("outbox.settle", event_id = %event.id, event_type = %event.event_type);
-        match persist("settle", || self.source.settle(self.owner, &settlement))
-            .instrument(span)
-            .await
-        {
-            Some(true) => {
+        let mut recorded = persist("settle", || self.source.settle(self.owner, &settlement))
+            .instrument(span.clone())
+            .await;
+        if recorded.as_ref().is_err_and(Error::is_refusal) {
+            // Keep what the database will take: which publishers delivered,
+            // which are dead-lettered, when to retry; the refused text is in
+            // the log above.
+            let plain = settlement.clone().without_error_texts();
+            if plain != settlement {
+                recorded = persist("settle", || self.source.settle(self.owner, &plain))
+                    .instrument(span)
+                    .await;
+            }
+        }
+        match recorded {
+            Ok(true) => {
                 stats
                     .dead_lettered
                     .fetch_add(settlement.dead_letters.len() as u64, Ordering::Relaxed);
             }
-            Some(false) => {
+            Ok(false) => {
                 warn!(event_id = %event.id, "outbox: lease lost before the outcome was recorded; another Runner owns the event now")
             }
-            None => {
+            Err(_) => {
                 error!(event_id = %event.id, "outbox: could not record the outcome; the event becomes due again when its lease expires")
             }
         }
@@ -362,16 +379,23 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Run a store operation, retrying database failures for a few seconds: the
-/// outcome of a publish is worth keeping through a short outage.
-async fn persist<T, F, Fut>(what: &'static str, mut op: F) -> Option<T>
+/// outcome of a publish is worth keeping through a short outage. A statement
+/// the database refuses for its data is not retried: it would be refused
+/// again.
+async fn persist<T, F, Fut>(what: &'static str, mut op: F) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Error>>,
 {
     const TRIES: u32 = 8;
-    for attempt in 1..=TRIES {
+    let mut attempt = 1;
+    loop {
         match op().await {
-            Ok(value) => return Some(value),
+            Ok(value) => return Ok(value),
+            Err(e) if e.is_refusal() => {
+                error!(error = %e, "outbox: the database refused the {what}; not retrying it");
+                return Err(e);
+            }
             Err(e) if attempt < TRIES => {
                 let delay = backoff(
                     attempt,
@@ -381,9 +405,12 @@ where
                 );
                 warn!(error = %e, retry_in = ?delay, "outbox: {what} failed");
                 tokio::time::sleep(delay).await;
+                attempt += 1;
             }
-            Err(e) => error!(error = %e, "outbox: {what} failed, giving up"),
+            Err(e) => {
+                error!(error = %e, "outbox: {what} failed, giving up");
+                return Err(e);
+            }
         }
     }
-    None
 }
