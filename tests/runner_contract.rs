@@ -854,10 +854,29 @@ async fn fields_that_do_not_fit_are_refused_before_any_statement(backend: Backen
             "{field}: {message}"
         );
     }
+    drop(tx);
+    let mut tx = db.begin_in(db.tables().max_payload(1000)).await;
+    let err = tx
+        .try_enqueue_raw(&[NewEvent::new("test.raw", vec![b'x'; 1001])])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            outbox::Error::InvalidEvent {
+                field: "payload",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    tx.try_enqueue_raw(&[NewEvent::new("test.raw", vec![b'x'; 1000])])
+        .await
+        .unwrap();
     let fits = NewEvent::new("test.raw", "{}").partition_key("é".repeat(512));
     tx.try_enqueue_raw(&[fits]).await.unwrap();
     tx.commit().await;
-    assert_eq!(db.pending().await, 1);
+    assert_eq!(db.pending().await, 2);
     db.cleanup().await;
 }
 

@@ -56,7 +56,7 @@ impl Tables {
         event: &E,
     ) -> Result<Uuid, Error> {
         let event = NewEvent::from_event(event)?;
-        event.validate()?;
+        event.validate(self.payload_limit())?;
         let id = event.id;
         <DB as Sealed>::enqueue(&mut **tx, self, std::slice::from_ref(&event)).await?;
         Ok(id)
@@ -72,7 +72,9 @@ impl Tables {
             .into_iter()
             .map(NewEvent::from_event)
             .collect::<Result<Vec<_>, _>>()?;
-        events.iter().try_for_each(NewEvent::validate)?;
+        events
+            .iter()
+            .try_for_each(|e| e.validate(self.payload_limit()))?;
         <DB as Sealed>::enqueue(&mut **tx, self, &events).await?;
         Ok(events.iter().map(|e| e.id).collect())
     }
@@ -83,7 +85,9 @@ impl Tables {
         tx: &mut sqlx::Transaction<'_, DB>,
         events: &[NewEvent],
     ) -> Result<(), Error> {
-        events.iter().try_for_each(NewEvent::validate)?;
+        events
+            .iter()
+            .try_for_each(|e| e.validate(self.payload_limit()))?;
         <DB as Sealed>::enqueue(&mut **tx, self, events).await
     }
 }

@@ -89,7 +89,7 @@ pub enum Error {
         /// The event's type name (cut short when it is itself the problem).
         event_type: String,
         /// Which field: `event type`, `topic`, `partition key`, `header name`,
-        /// `header value`.
+        /// `header value`, `payload`.
         field: &'static str,
         /// What is wrong and what fits.
         reason: String,

@@ -282,7 +282,7 @@ impl NewEvent {
     /// statement runs: a statement that fails leaves the caller's
     /// transaction aborted (PostgreSQL), and a value cut to its column
     /// (MySQL without strict mode) would be an event no claim can read.
-    pub(crate) fn validate(&self) -> Result<(), Error> {
+    pub(crate) fn validate(&self, max_payload: Option<usize>) -> Result<(), Error> {
         let invalid = |field: &'static str, reason: String| {
             let mut event_type = self.event_type.clone();
             if event_type.len() > MAX_TYPE_LEN {
@@ -320,6 +320,17 @@ impl NewEvent {
         for (name, value) in &self.headers {
             text("header name", name, MAX_TYPE_LEN)?;
             text("header value", value, usize::MAX)?;
+        }
+        if let Some(max) = max_payload
+            && self.payload.len() > max
+        {
+            return invalid(
+                "payload",
+                format!(
+                    "is {} bytes long; these tables take at most {max} (Tables::max_payload)",
+                    self.payload.len()
+                ),
+            );
         }
         Ok(())
     }

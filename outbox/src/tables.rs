@@ -24,6 +24,7 @@ pub(crate) const MAX_IDENT_LEN: usize = 40;
 pub struct Tables {
     schema: Option<String>,
     prefix: String,
+    max_payload: Option<usize>,
 }
 
 impl Default for Tables {
@@ -31,6 +32,7 @@ impl Default for Tables {
         Self {
             schema: None,
             prefix: "outbox".to_owned(),
+            max_payload: None,
         }
     }
 }
@@ -41,9 +43,29 @@ impl Tables {
         let prefix = prefix.into();
         validate("table prefix", &prefix)?;
         Ok(Self {
-            schema: None,
             prefix,
+            ..Self::default()
         })
+    }
+
+    /// Refuse, at enqueue, payloads larger than this many bytes
+    /// (`Error::InvalidEvent`, nothing written). By default any payload the
+    /// database takes is enqueued; a limit keeps a Runner's memory per claim
+    /// under `batch_size` times it, and an oversized event out of the
+    /// brokers' way (MySQL/MariaDB take at most `max_allowed_packet`).
+    ///
+    /// ```
+    /// let tables = outbox::Tables::default().max_payload(1 << 20);
+    /// assert_eq!(tables.payload_limit(), Some(1 << 20));
+    /// ```
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = Some(bytes);
+        self
+    }
+
+    /// The payload limit set with [`max_payload`](Self::max_payload).
+    pub fn payload_limit(&self) -> Option<usize> {
+        self.max_payload
     }
 
     /// Put the tables in this schema (PostgreSQL) or attached database
