@@ -61,6 +61,8 @@ struct VecSource {
     claimed: Mutex<Vec<Uuid>>,
     acked: Mutex<Vec<Uuid>>,
     settled: Mutex<Vec<Settlement>>,
+    unreadable: Mutex<Vec<Uuid>>,
+    purged_older_than: Mutex<Vec<Duration>>,
 }
 
 #[async_trait::async_trait]
@@ -73,7 +75,19 @@ impl Source for VecSource {
     ) -> Result<Vec<ClaimedEvent>, Error> {
         let mut waiting = self.waiting.lock().unwrap();
         let n = limit.min(waiting.len());
-        let batch: Vec<ClaimedEvent> = waiting.drain(..n).map(ClaimedEvent::new).collect();
+        let unreadable = self.unreadable.lock().unwrap().clone();
+        let batch: Vec<ClaimedEvent> = waiting
+            .drain(..n)
+            .map(|e| {
+                let bad = unreadable.contains(&e.id);
+                let claimed = ClaimedEvent::new(e);
+                if bad {
+                    claimed.with_unreadable("its headers are not text")
+                } else {
+                    claimed
+                }
+            })
+            .collect();
         let mut claimed = self.claimed.lock().unwrap();
         claimed.extend(batch.iter().map(|c| c.event.id));
         Ok(batch)
@@ -112,6 +126,11 @@ impl Source for VecSource {
     }
 
     async fn purge_dead_letters(&self, _before: SystemTime) -> Result<u64, Error> {
+        Ok(0)
+    }
+
+    async fn purge_dead_letters_older_than(&self, age: Duration) -> Result<u64, Error> {
+        self.purged_older_than.lock().unwrap().push(age);
         Ok(0)
     }
 }
@@ -176,4 +195,46 @@ async fn a_deeply_nested_event_is_encoded_without_overflowing_the_stack() {
     .await
     .unwrap();
     assert_eq!(encoded.unwrap(), 10_000 * 2 + 4 + "{\"value\":}".len());
+}
+
+/// A row the Source could not read as written is dead-lettered for its
+/// publishers with the reason, never published as read; and the Runner's
+/// dead-letter retention asks the Source to purge by age, so that the
+/// database's clock decides (it passed a cutoff on this host's clock).
+#[tokio::test]
+async fn an_unreadable_row_is_dead_lettered_and_retention_is_by_age() {
+    let source = Arc::new(VecSource::default());
+    let bad = StorageBox::from_event(&Ping { n: 1 }).unwrap();
+    let good = StorageBox::from_event(&Ping { n: 3 }).unwrap();
+    let (bad_id, good_id) = (bad.id, good.id);
+    source.unreadable.lock().unwrap().push(bad_id);
+    source.waiting.lock().unwrap().extend([bad, good]);
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let report = Runner::with_source(source.clone())
+        .without_registered()
+        .publisher(publisher_fn::<Ping, _, _>("log", move |_, cx| {
+            seen.lock().unwrap().push(cx.id());
+            async { Ok::<(), outbox::PublishError>(()) }
+        }))
+        .dead_letter_retention(Duration::from_secs(3600))
+        .shutdown(std::future::pending())
+        .build()
+        .unwrap()
+        .drain()
+        .await
+        .unwrap();
+    assert_eq!(*calls.lock().unwrap(), vec![good_id]);
+    assert_eq!((report.published, report.dead_lettered), (1, 1));
+    let settled = source.settled.lock().unwrap();
+    assert_eq!(settled[0].id, bad_id);
+    let error = &settled[0].dead_letters[0].error;
+    assert!(
+        error.contains("could not be read: its headers are not text"),
+        "{error}"
+    );
+    assert_eq!(
+        *source.purged_older_than.lock().unwrap(),
+        vec![Duration::from_secs(3600)]
+    );
 }

@@ -26,6 +26,11 @@ pub struct ClaimedEvent {
     /// When set, only these publishers are still owed the event (a retried
     /// dead letter); when `None`, every publisher that accepts its type.
     pub only: Option<Vec<String>>,
+    /// Why the stored row could not be read as it was written (headers that
+    /// are not text, a key cut mid-character…), when it could not: the
+    /// Runner dead-letters such an event for every publisher it is owed to,
+    /// with this reason, instead of publishing what was read of it.
+    pub unreadable: Option<String>,
 }
 
 impl ClaimedEvent {
@@ -37,6 +42,7 @@ impl ClaimedEvent {
             delivered: Vec::new(),
             dead: Vec::new(),
             only: None,
+            unreadable: None,
         }
     }
 
@@ -55,6 +61,12 @@ impl ClaimedEvent {
     /// Owed only to these publishers (a retried dead letter).
     pub fn with_only(mut self, publishers: Option<Vec<String>>) -> Self {
         self.only = publishers;
+        self
+    }
+
+    /// Marked unreadable, for this reason.
+    pub fn with_unreadable(mut self, reason: impl Into<String>) -> Self {
+        self.unreadable = Some(reason.into());
         self
     }
 

@@ -149,10 +149,7 @@ impl Core {
         let Some(retention) = self.settings.dead_letter_retention else {
             return;
         };
-        let before = std::time::SystemTime::now()
-            .checked_sub(retention)
-            .unwrap_or(std::time::UNIX_EPOCH);
-        match self.source.purge_dead_letters(before).await {
+        match self.source.purge_dead_letters_older_than(retention).await {
             Ok(0) => {}
             Ok(n) => info!(
                 purged = n,
@@ -257,9 +254,15 @@ impl Core {
         let producers = self.registry.producers(&event.event_type);
         let (targets, absent) = route(&claimed, &producers);
         let policy = self.settings.policy();
-        let results = if let Some(given_up) = outcomes_lost(event, &policy) {
-            // Publishing again would repeat what earlier attempts did without
-            // the outcome being recorded: dead-letter what is still owed.
+        let refused = claimed
+            .unreadable
+            .as_ref()
+            .map(|reason| format!("the stored event could not be read: {reason}"))
+            .or_else(|| outcomes_lost(event, &policy));
+        let results = if let Some(given_up) = refused {
+            // An unreadable row is not published as read; and publishing again
+            // would repeat what earlier attempts did without their outcome
+            // being recorded. Either way, dead-letter what is still owed.
             error!(event_id = %event.id, event_type = %event.event_type, attempt = event.attempt, "outbox: {given_up}");
             let lost = || PublishError::permanent(given_up.clone());
             targets

@@ -94,6 +94,18 @@ pub trait Source: Send + Sync + 'static {
     /// Delete dead letters that failed before `before`, and the parked events
     /// they held back (their keys move on). Returns how many dead letters.
     async fn purge_dead_letters(&self, before: SystemTime) -> Result<u64, Error>;
+
+    /// [`purge_dead_letters`](Self::purge_dead_letters) of those that failed
+    /// longer than `age` ago on the database's clock, the clock every other
+    /// time of the outbox is on (the Runner's retention uses this). The
+    /// default measures on this host's clock; the built-in stores override
+    /// it.
+    async fn purge_dead_letters_older_than(&self, age: Duration) -> Result<u64, Error> {
+        let before = SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.purge_dead_letters(before).await
+    }
 }
 
 /// Rows written by releases before outcomes were typed, read the same as
