@@ -433,6 +433,8 @@ async fn too_many_requests_honours_retry_after() {
         .runner()
         .publisher(hook)
         .max_attempts(5)
+        // Retry-After is capped at the backoff maximum: let it reach 1 s.
+        .backoff(Duration::from_millis(10), Duration::from_secs(5))
         .build()
         .unwrap()
         .drain()
@@ -442,8 +444,8 @@ async fn too_many_requests_honours_retry_after() {
     let requests = receiver.requests();
     assert_eq!(requests.len(), 2);
     let waited = requests[1].at - requests[0].at;
-    // The Runner's backoff here is 10-100 ms: only Retry-After explains a
-    // wait of about a second.
+    // The first backoff here is 5-10 ms: only Retry-After explains a wait
+    // of about a second.
     assert!(
         waited >= Duration::from_millis(900),
         "retried after {waited:?}, before Retry-After: 1"
@@ -548,3 +550,4 @@ async fn route_and_selection_choose_url_and_events() {
     assert_eq!(invoices.calls().len(), 1);
     db.cleanup().await;
 }
+
