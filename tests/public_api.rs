@@ -189,8 +189,7 @@ async fn a_deeply_nested_event_is_encoded_without_overflowing_the_stack() {
         for _ in 0..10_000 {
             value = serde_json::Value::Array(vec![value]);
         }
-        let event = StorageBox::from_event(&Deep { value }).map(|e| e.payload.len());
-        event
+        StorageBox::from_event(&Deep { value }).map(|e| e.payload.len())
     })
     .await
     .unwrap();

@@ -70,10 +70,13 @@ impl Default for Settings {
 /// The longest duration any setting accepts.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// Makes the Source of a pool for the builder's tables.
+type MakeSource = Box<dyn FnOnce(&Tables) -> Arc<dyn Source> + Send>;
+
 /// Where the Runner's Source comes from.
 pub(super) enum SourceFactory {
     /// A pool: the Source is made for the builder's tables.
-    Pool(Box<dyn FnOnce(&Tables) -> Arc<dyn Source> + Send>),
+    Pool(MakeSource),
     /// A Source made by the caller, with its own tables.
     Given(Arc<dyn Source>),
 }

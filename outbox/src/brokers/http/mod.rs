@@ -13,6 +13,7 @@
 //!     .mode(Mode::Structured)
 //!     .source("/shop/orders")
 //!     .signing_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?
+//!     .header("authorization", &format!("Bearer {}", std::env::var("HOOK_TOKEN")?))?
 //!     .timeout(Duration::from_secs(5));
 //! outbox::Runner::builder(pool).publisher(hook).build()?.run().await?;
 //! # Ok(()) }
@@ -31,6 +32,12 @@
 //! installed when a publisher is built, that feature installs `ring`'s. To
 //! use other TLS settings, give your own client with
 //! [`WebhookPublisher::client`].
+//!
+//! Credentials belong in a [header](WebhookPublisher::header), not in the
+//! URL. Wherever a URL is shown (`Debug`, configuration and publish errors,
+//! so logs and dead letters) it is [redacted](redact): its user and password
+//! become `***`, and so does every query value (`?token=***`); header values
+//! and the signing secret are never shown.
 
 mod cloudevents;
 mod signing;
@@ -40,7 +47,7 @@ use std::time::{Duration, SystemTime};
 
 pub use reqwest;
 
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use tracing::debug;
 
@@ -65,7 +72,7 @@ pub enum ConfigError {
     /// The endpoint is not a usable URL.
     #[error("invalid webhook URL {url:?}: {reason}")]
     Url {
-        /// The URL as given.
+        /// The URL as given, [redacted](redact).
         url: String,
         /// What is wrong with it.
         reason: String,
@@ -75,6 +82,14 @@ pub enum ConfigError {
         "invalid webhook signing secret: {0}; give the receiver's secret as `whsec_` followed by the base64 key"
     )]
     Secret(String),
+    /// A [header](WebhookPublisher::header) name or value is not valid HTTP.
+    #[error("invalid webhook header {name:?}: {reason}")]
+    Header {
+        /// The header name as given.
+        name: String,
+        /// What is wrong with it (never the value).
+        reason: String,
+    },
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client for webhooks: {0}")]
     Client(#[source] reqwest::Error),
@@ -132,25 +147,86 @@ pub enum ConfigError {
 pub type WebhookPublisher = BrokerPublisher<WebhookWire>;
 
 /// The wire protocol of a [`WebhookPublisher`]: its endpoint, HTTP client,
-/// CloudEvents mode and source, and signing secret.
+/// CloudEvents mode and source, extra headers and signing secret.
+///
+/// Its `Debug` shows the endpoint [redacted](redact), the names of the
+/// extra headers without their values, and whether requests are signed.
 #[derive(Clone)]
 pub struct WebhookWire {
     endpoint: Url,
     mode: Mode,
     source: String,
+    headers: HeaderMap,
     secret: Option<Secret>,
     client: reqwest::Client,
 }
 
 impl fmt::Debug for WebhookWire {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<&str> = self.headers.keys().map(HeaderName::as_str).collect();
         f.debug_struct("WebhookWire")
-            .field("endpoint", &self.endpoint.as_str())
+            .field("endpoint", &redact(self.endpoint.as_str()))
             .field("mode", &self.mode)
             .field("source", &self.source)
+            .field("headers", &headers)
             .field("signed", &self.secret.is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// `url` as it may be shown (in `Debug`, errors and logs): the user and
+/// password replaced by `***`, and every query value too, keeping the names
+/// (`http://***@host/hook?token=***`); a fragment becomes `#***`. Scheme,
+/// host, port and path are kept. A string that is not a URL is redacted as
+/// far as it looks like one: everything up to its last `@` goes.
+pub fn redact(url: &str) -> String {
+    let parsed = Url::parse(url).ok();
+    let text = parsed.as_ref().map_or(url, Url::as_str);
+    let start = match text.find("://") {
+        Some(i)
+            if text[..i]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+        {
+            i + 3
+        }
+        _ => 0,
+    };
+    let (head, rest) = text.split_at(start);
+    // A parsed URL's authority ends at the path, and its userinfo has no
+    // other `@`; text that did not parse may hide one anywhere.
+    let authority = match parsed {
+        Some(_) => rest.find(['/', '?', '#']).unwrap_or(rest.len()),
+        None => rest.len(),
+    };
+    let (userinfo, rest) = match rest[..authority].rfind('@') {
+        Some(at) => ("***@", &rest[at + 1..]),
+        None => ("", rest),
+    };
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((rest, _)) => (rest, "#***"),
+        None => (rest, ""),
+    };
+    let mut out = format!("{head}{userinfo}");
+    match rest.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) => format!("{name}=***"),
+                    None if pair.is_empty() => String::new(),
+                    // A bare item may be the token itself.
+                    None => "***".to_owned(),
+                })
+                .collect();
+            out.push_str(&pairs.join("&"));
+        }
+        None => out.push_str(rest),
+    }
+    out.push_str(fragment);
+    out
 }
 
 impl WebhookPublisher {
@@ -161,6 +237,7 @@ impl WebhookPublisher {
             endpoint: parse_url(endpoint)?,
             mode: Mode::Structured,
             source: DEFAULT_SOURCE.to_owned(),
+            headers: HeaderMap::new(),
             secret: None,
             client: default_client()?,
         }))
@@ -187,6 +264,27 @@ impl WebhookPublisher {
         Ok(self)
     }
 
+    /// Send this header with every request, e.g. the receiver's credentials:
+    /// `.header("authorization", &format!("Bearer {token}"))?`, with the
+    /// token read from the environment or a secret store rather than put
+    /// in the URL. The value is marked sensitive and never shown (`Debug`
+    /// lists only the names). Setting a name again replaces its value; the
+    /// CloudEvents, metadata and signature headers win over one of the same
+    /// name.
+    pub fn header(mut self, name: &str, value: &str) -> Result<Self, ConfigError> {
+        let error = |reason: &str| ConfigError::Header {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let name = HeaderName::try_from(name).map_err(|_| error("not a valid header name"))?;
+        let mut value = HeaderValue::try_from(value).map_err(|_| {
+            error("the value is not a valid header value (control characters or line breaks)")
+        })?;
+        value.set_sensitive(true);
+        self.wire.headers.insert(name, value);
+        Ok(self)
+    }
+
     /// Use this HTTP client (for proxies, TLS roots or client certificates).
     /// Turn off its redirects (`redirect::Policy::none()`): a redirected
     /// `POST` may become a `GET` that "succeeds" without delivering.
@@ -208,7 +306,9 @@ impl Wire for WebhookWire {
         timeout: Duration,
     ) -> Result<(), PublishError> {
         let url = self.url_for(event, route)?;
-        let (mut headers, body) = cloudevents::encode(event, self.mode, &self.source)?;
+        let (encoded, body) = cloudevents::encode(event, self.mode, &self.source)?;
+        let mut headers = self.headers.clone();
+        headers.extend(encoded);
         if let Some(secret) = &self.secret {
             secret.sign(&mut headers, event, &body);
         }
@@ -224,12 +324,12 @@ impl Wire for WebhookWire {
         let status = response.status();
         if status.is_success() {
             let _ = read_body(response, SUCCESS_BODY_LIMIT).await;
-            debug!(event_id = %event.id, %url, %status, "outbox: webhook delivered");
+            debug!(event_id = %event.id, url = %redact(url.as_str()), %status, "outbox: webhook delivered");
             return Ok(());
         }
         let delay = retry_after(response.headers());
         let body = read_body(response, ERROR_BODY_LIMIT).await;
-        let mut message = format!("webhook {url} answered {status}");
+        let mut message = format!("webhook {} answered {status}", redact(url.as_str()));
         if !body.is_empty() {
             message.push_str(": ");
             message.push_str(&body);
@@ -264,18 +364,25 @@ impl WebhookWire {
         let target = route.resolve(event);
         let url = self.endpoint.join(&target).map_err(|e| {
             PublishError::permanent(format!(
-                "the webhook route gave {target:?}, which is not a URL ({e}); fix the Route"
+                "the webhook route gave {:?}, which is not a URL ({e}); fix the Route",
+                redact(&target)
             ))
         })?;
         check_scheme(&url).map_err(|reason| {
-            PublishError::permanent(format!("the webhook route gave {url}: {reason}"))
+            PublishError::permanent(format!(
+                "the webhook route gave {}: {reason}",
+                redact(url.as_str())
+            ))
         })?;
         Ok(url)
     }
 }
 
+/// The error of a request that got no answer. Neither the URL as sent nor
+/// reqwest's own text of it (which may carry credentials) is shown.
 fn request_error(url: &Url, timeout: Duration, e: reqwest::Error) -> PublishError {
     let e = e.without_url();
+    let url = redact(url.as_str());
     if e.is_timeout() {
         PublishError::transient(format!(
             "webhook {url} did not answer within {timeout:?}: {e}"
@@ -291,7 +398,7 @@ fn request_error(url: &Url, timeout: Duration, e: reqwest::Error) -> PublishErro
 
 fn parse_url(endpoint: &str) -> Result<Url, ConfigError> {
     let error = |reason: String| ConfigError::Url {
-        url: endpoint.to_owned(),
+        url: redact(endpoint),
         reason,
     };
     let url = Url::parse(endpoint).map_err(|e| error(e.to_string()))?;
@@ -383,6 +490,68 @@ mod tests {
         assert!(hook.clone().signing_secret("whsec_%%%").is_err());
         assert!(hook.clone().signing_secret("whsec_").is_err());
         assert!(hook.signing_secret("whsec_c2VjcmV0").is_ok());
+    }
+
+    #[test]
+    fn redact_hides_userinfo_and_query_values() {
+        for (url, shown) in [
+            ("http://127.0.0.1:9/in/", "http://127.0.0.1:9/in/"),
+            (
+                "http://user:s3cret@127.0.0.1:9/hook?token=t0ken&x=1",
+                "http://***@127.0.0.1:9/hook?token=***&x=***",
+            ),
+            ("http://user@host/", "http://***@host/"),
+            ("http://:s3cret@host/a", "http://***@host/a"),
+            ("http://host/a?t0ken&b=&&c", "http://host/a?***&b=***&&***"),
+            ("http://host/a#s3cret", "http://host/a#***"),
+            ("http://host/a/@me?q=s3cret", "http://host/a/@me?q=***"),
+            // Not URLs: everything up to the last `@` goes.
+            (
+                "http://user:s3cret@host:port/hook?token=t0ken",
+                "http://***@host:port/hook?token=***",
+            ),
+            ("http://user:s3/cr?et@host:x/", "http://***@host:x/"),
+            ("user:s3cret@host/hook", "***@host/hook"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn debug_and_config_errors_show_no_secret() {
+        let hook = WebhookPublisher::new("http://user:s3cret@127.0.0.1:9/in?token=t0ken")
+            .unwrap()
+            .signing_secret("whsec_c2VjcmV0")
+            .unwrap()
+            .header("Authorization", "Bearer b3arer")
+            .unwrap();
+        let debug = format!("{hook:?}");
+        for secret in ["s3cret", "t0ken", "c2VjcmV0", "b3arer", "user"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(
+            debug.contains("http://***@127.0.0.1:9/in?token=***"),
+            "{debug}"
+        );
+        assert!(debug.contains("\"authorization\""), "{debug}");
+
+        for bad in [
+            "http://user:s3cret@127.0.0.1:port/in?token=t0ken",
+            "ftp://user:s3cret@127.0.0.1/in?token=t0ken",
+        ] {
+            let err = WebhookPublisher::new(bad).unwrap_err();
+            for text in [err.to_string(), format!("{err:?}")] {
+                assert!(
+                    !text.contains("s3cret") && !text.contains("t0ken"),
+                    "{text}"
+                );
+                assert!(text.contains("127.0.0.1"), "{text}");
+            }
+        }
+        let err = hook.header("x-token", "b3arer\n").unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("b3arer"), "{err:?}");
+        assert!(matches!(err, ConfigError::Header { .. }), "{err:?}");
     }
 
     #[test]
