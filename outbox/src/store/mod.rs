@@ -10,12 +10,48 @@ use crate::delivery::{ClaimedEvent, Settlement};
 use crate::event::StorageBox;
 use crate::{Error, Tables};
 
+/// A database's [`Sealed`](sealed::Sealed) impl, in its module: that
+/// module's `enqueue` and `migrate`, and a [`Store`](shared::Store) of its
+/// dialect as its Source.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+macro_rules! backend {
+    ($db:ty, $dialect:ident) => {
+        impl $crate::store::sealed::Sealed for $db {
+            fn enqueue<'a>(
+                conn: &'a mut <$db as sqlx::Database>::Connection,
+                tables: &'a $crate::Tables,
+                events: &'a [$crate::event::NewEvent],
+            ) -> futures_util::future::BoxFuture<'a, Result<(), $crate::Error>> {
+                Box::pin(enqueue(conn, tables, events))
+            }
+
+            fn migrate<'a>(
+                pool: &'a sqlx::Pool<$db>,
+                tables: &'a $crate::Tables,
+            ) -> futures_util::future::BoxFuture<'a, Result<(), $crate::Error>> {
+                Box::pin(migrate(pool, tables))
+            }
+
+            fn source(
+                pool: sqlx::Pool<$db>,
+                tables: &$crate::Tables,
+            ) -> std::sync::Arc<dyn $crate::Source> {
+                let dialect = $dialect::new(tables);
+                std::sync::Arc::new($crate::store::shared::Store::new(pool, tables, dialect))
+            }
+        }
+    };
+}
+
+mod dialect;
 #[cfg(feature = "mysql")]
 pub(crate) mod mysql;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+mod shared;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+mod statements;
 
 /// A delivery in the dead-letter table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,7 +250,6 @@ pub(crate) fn parse_json_list(json: Option<&str>) -> Option<Vec<String>> {
 /// costs a key probe per row when most keys are blocked; then, only if that
 /// window holds nothing claimable, over everything (`i64::MAX`), so that a
 /// blocked key never holds up the others.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) async fn claim_in_window<T, F, Fut>(limit: usize, mut claim: F) -> Result<Vec<T>, Error>
 where
     F: FnMut(i64) -> Fut,

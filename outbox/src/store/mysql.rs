@@ -24,19 +24,17 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
-use futures_util::future::BoxFuture;
-use sqlx::mysql::{MySqlArguments, MySqlConnection, MySqlPool, MySqlRow};
+use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlQueryResult, MySqlRow};
 use sqlx::{AssertSqlSafe, MySql, Row};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use super::{
-    DeadLetter, Source, duration_millis, json_list, legacy, millis_since_epoch, parse_json_list,
-    storage_box,
-};
-use crate::delivery::{ClaimedEvent, Outcome, Settlement};
-use crate::event::{NewEvent, StorageBox};
+use super::dialect::{Dialect, Query, query, run_once};
+use super::shared::{Logic, Store};
+use super::statements::{IDS, WithIds, claimable, claimed_columns, due_ids};
+use super::{claim_in_window, duration_millis, json_list, millis_since_epoch, parse_json_list};
+use crate::delivery::ClaimedEvent;
+use crate::event::NewEvent;
 use crate::{Error, Tables};
 
 /// The servers that have `SKIP LOCKED`.
@@ -58,11 +56,6 @@ const MAX_DATETIME_MICROS: i64 = 253_402_300_799_999_999;
 const MAX_ROWS: usize = 500;
 const MAX_INSERT_BYTES: usize = 4 << 20;
 
-/// Milliseconds since the Unix epoch of a UTC `DATETIME` column.
-fn millis(column: &str) -> String {
-    format!("(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {column}) DIV 1000)")
-}
-
 /// Microseconds for `INTERVAL ? MICROSECOND`, at the millisecond precision
 /// of the other backends.
 fn micros(d: Duration) -> i64 {
@@ -83,10 +76,6 @@ fn padded(ids: &[Uuid]) -> Vec<Uuid> {
         ids.resize(ids.len().next_power_of_two(), last);
     }
     ids
-}
-
-fn q(sql: &Arc<str>) -> sqlx::query::Query<'static, MySql, MySqlArguments> {
-    sqlx::query(AssertSqlSafe(sql.clone()))
 }
 
 /// Refuse servers without `SKIP LOCKED`: MariaDB before 10.6, MySQL before
@@ -125,144 +114,50 @@ async fn check_server(conn: &mut MySqlConnection) -> Result<(), Error> {
     check_server_version(&version)
 }
 
-/// `due_at` of a parked event: never due.
-const PARKED: &str = "TIMESTAMP'9999-12-31 23:59:59.999'";
-
-struct Sql {
-    ev: String,
-    dl: String,
-    claim: Arc<str>,
-    retry: Arc<str>,
-    delete_one: Arc<str>,
-    park: Arc<str>,
-    unpark: Arc<str>,
-    drop_parked: Arc<str>,
-    dead: Arc<str>,
-    pending: Arc<str>,
-    list_dead: Arc<str>,
-    requeue_dead: Arc<str>,
-    delete_dead: Arc<str>,
-    purge_dead: Arc<str>,
+/// The dialect, and whether the server was found to have `SKIP LOCKED`.
+pub(crate) struct MySqlDialect {
+    /// The claim among the oldest due events, and among all of them (see
+    /// [`claim_in_window`]).
+    claim_in_window: Arc<str>,
+    claim_all: Arc<str>,
+    /// The lease of the claimed events (owner, lease, then the ids).
+    lease: WithIds<Self>,
+    checked: OnceCell<()>,
 }
 
-impl Sql {
+impl MySqlDialect {
     fn new(tables: &Tables) -> Self {
-        let ev = tables.qualified_with('`', "events");
-        let dl = tables.qualified_with('`', "dead_letters");
-        let created = millis("created_at");
-        let e_created = millis("e.created_at");
-        let failed = millis("failed_at");
+        let ev = Self::table(tables, "events");
+        let claim = |from: &str| -> Arc<str> {
+            format!(
+                "SELECT {} FROM {from} WHERE {} ORDER BY e.id LIMIT ? FOR UPDATE SKIP LOCKED",
+                claimed_columns::<Self>("e."),
+                claimable::<Self>(&ev),
+            )
+            .into()
+        };
         Self {
-            claim: format!(
-                "SELECT e.id, e.event_type, e.version, e.topic, e.partition_key, e.payload, \
-                   e.headers, {e_created}, e.attempts, e.done, e.only_publishers, \
-                   e.dead_publishers \
-                 FROM {ev} e \
-                 WHERE e.due_at <= {NOW} \
-                   AND (e.lease_until IS NULL OR e.lease_until <= {NOW}) \
-                   AND (e.partition_key IS NULL OR NOT EXISTS ( \
-                     SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key AND p.id < e.id)) \
-                 ORDER BY e.id LIMIT ? \
-                 FOR UPDATE SKIP LOCKED"
-            )
-            .into(),
-            retry: format!(
-                "UPDATE {ev} SET due_at = {NOW} + INTERVAL ? MICROSECOND, done = ?, \
-                   dead_publishers = ?, last_error = ?, attempts = GREATEST(attempts - ?, 0), \
-                   lease_owner = NULL, lease_until = NULL \
-                 WHERE id = ? AND lease_owner = ?"
-            )
-            .into(),
-            delete_one: format!("DELETE FROM {ev} WHERE id = ? AND lease_owner = ?").into(),
-            park: format!(
-                "UPDATE {ev} SET due_at = {PARKED}, done = ?, dead_publishers = ?, \
-                   last_error = ?, lease_owner = NULL, lease_until = NULL \
-                 WHERE id = ? AND lease_owner = ?"
-            )
-            .into(),
-            unpark: format!("DELETE FROM {ev} WHERE due_at = {PARKED} AND id = ?").into(),
-            drop_parked: format!(
-                "DELETE FROM {ev} WHERE due_at = {PARKED} AND id IN ( \
-                   SELECT event_id FROM {dl} \
-                   WHERE failed_at < TIMESTAMP'1970-01-01 00:00:00' + INTERVAL ? MICROSECOND)"
-            )
-            .into(),
-            dead: format!(
-                "INSERT INTO {dl} (event_id, publisher, event_type, version, topic, partition_key, \
-                   payload, headers, created_at, attempts, error, failed_at) \
-                 SELECT e.id, ?, e.event_type, e.version, e.topic, e.partition_key, e.payload, \
-                   e.headers, e.created_at, e.attempts, ?, {NOW} \
-                 FROM {ev} e WHERE e.id = ? AND e.lease_owner = ? \
-                 ON DUPLICATE KEY UPDATE error = ?, attempts = e.attempts, failed_at = {NOW}"
-            )
-            .into(),
-            pending: format!(
-                "SELECT COUNT(*) FROM {ev} e WHERE e.due_at < {PARKED} \
-                 AND (e.partition_key IS NULL OR NOT EXISTS ( \
-                   SELECT 1 FROM {ev} p WHERE p.partition_key = e.partition_key \
-                   AND p.due_at = {PARKED}))"
-            )
-            .into(),
-            list_dead: format!(
-                "SELECT event_id, event_type, version, topic, partition_key, payload, headers, \
-                   {created}, attempts, publisher, error, {failed} \
-                 FROM {dl} ORDER BY failed_at, event_id, publisher LIMIT ?"
-            )
-            .into(),
-            // MIN() picks the one value the rows of an event share, which
-            // ONLY_FULL_GROUP_BY accepts.
-            requeue_dead: format!(
-                "INSERT IGNORE INTO {ev} (id, event_type, version, topic, partition_key, payload, \
-                   headers, created_at, due_at, done, only_publishers) \
-                 SELECT event_id, MIN(event_type), MIN(version), MIN(topic), MIN(partition_key), \
-                   MIN(payload), MIN(headers), MIN(created_at), {NOW}, '[]', JSON_ARRAYAGG(publisher) \
-                 FROM {dl} WHERE event_id = ? GROUP BY event_id"
-            )
-            .into(),
-            delete_dead: format!("DELETE FROM {dl} WHERE event_id = ?").into(),
-            purge_dead: format!(
-                "DELETE FROM {dl} \
-                 WHERE failed_at < TIMESTAMP'1970-01-01 00:00:00' + INTERVAL ? MICROSECOND"
-            )
-            .into(),
-            ev,
-            dl,
+            // The window is a derived table of the oldest due ids, joined
+            // back to their rows: MySQL and MariaDB do not bound a scan of
+            // the primary key by a subquery's value (`e.id <= (…)`, as the
+            // other stores do), so that form still read the whole table
+            // whenever fewer than `limit` events were claimable (MariaDB
+            // 10.11, 100,000 events in 20 keys, claiming their 20 heads:
+            // 200 ms a claim, 13 ms this way). The derived table's rows are
+            // read without locks; only the claimed rows are locked.
+            claim_in_window: claim(&format!(
+                "({} LIMIT ?) w JOIN {ev} e ON e.id = w.id",
+                due_ids::<Self>(&ev)
+            )),
+            claim_all: claim(&format!("{ev} e")),
+            lease: WithIds::new(&format!(
+                "UPDATE {ev} SET lease_owner = ?, lease_until = {NOW} + INTERVAL ? MICROSECOND, \
+                   attempts = attempts + 1 \
+                 WHERE id {IDS}"
+            )),
+            checked: OnceCell::new(),
         }
     }
-
-    fn lease(&self, n: usize) -> String {
-        format!(
-            "UPDATE {} SET lease_owner = ?, lease_until = {NOW} + INTERVAL ? MICROSECOND, \
-               attempts = attempts + 1 \
-             WHERE id IN ({})",
-            self.ev,
-            placeholders(n)
-        )
-    }
-
-    fn ack(&self, n: usize) -> String {
-        format!(
-            "DELETE FROM {} WHERE lease_owner = ? AND id IN ({})",
-            self.ev,
-            placeholders(n)
-        )
-    }
-
-    fn release(&self, n: usize) -> String {
-        format!(
-            "UPDATE {} SET lease_owner = NULL, lease_until = NULL, \
-               attempts = GREATEST(attempts - 1, 0) \
-             WHERE lease_owner = ? AND id IN ({})",
-            self.ev,
-            placeholders(n)
-        )
-    }
-}
-
-pub(crate) struct MySqlSource {
-    pool: MySqlPool,
-    sql: Sql,
-    checked: OnceCell<()>,
 }
 
 fn text(bytes: Option<Vec<u8>>) -> Result<Option<String>, sqlx::Error> {
@@ -271,265 +166,151 @@ fn text(bytes: Option<Vec<u8>>) -> Result<Option<String>, sqlx::Error> {
         .transpose()
 }
 
-fn event_of(row: &MySqlRow) -> Result<StorageBox, sqlx::Error> {
-    Ok(storage_box(
-        row.try_get(0)?,
-        row.try_get(1)?,
-        row.try_get(2)?,
-        row.try_get(3)?,
-        text(row.try_get(4)?)?,
-        row.try_get(5)?,
-        row.try_get::<&str, _>(6)?,
-        row.try_get(7)?,
-        row.try_get(8)?,
-    ))
-}
+impl Dialect for MySqlDialect {
+    type DB = MySql;
 
-impl MySqlSource {
+    const NOW: &'static str = NOW;
+    const PARKED: &'static str = "TIMESTAMP'9999-12-31 23:59:59.999'";
+
+    fn param(_i: usize) -> String {
+        "?".to_owned()
+    }
+    fn table(tables: &Tables, suffix: &str) -> String {
+        tables.qualified_with('`', suffix)
+    }
+    fn millis(column: &str) -> String {
+        format!("(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {column}) DIV 1000)")
+    }
+    fn after(param: &str) -> String {
+        format!("{NOW} + INTERVAL {param} MICROSECOND")
+    }
+    fn time(param: &str) -> String {
+        format!("TIMESTAMP'1970-01-01 00:00:00' + INTERVAL {param} MICROSECOND")
+    }
+    fn in_ids(n: usize) -> String {
+        format!("IN ({})", placeholders(n.next_power_of_two()))
+    }
+    fn failures() -> [String; 3] {
+        ["?".to_owned(), "?".to_owned(), String::new()]
+    }
+    /// The new row replaces the old one: every column of it is the event's
+    /// now, or its error now.
+    fn upsert(into: &str, rows: &str, _key: &str, _update: &[&str]) -> String {
+        format!("REPLACE INTO {into} {rows}")
+    }
+    fn insert_or_skip(into: &str, rows: &str, _key: &str) -> String {
+        format!("INSERT IGNORE INTO {into} {rows}")
+    }
+    /// MIN() picks the one value the rows of an event share, which
+    /// ONLY_FULL_GROUP_BY accepts.
+    fn any_value(column: &str) -> String {
+        format!("MIN({column})")
+    }
+    fn list_agg(column: &str) -> String {
+        format!("JSON_ARRAYAGG({column})")
+    }
+
+    type Id = Uuid;
+    type List = String;
+    type Time = i64;
+    type Column = String;
+
+    const IDS_PER_STATEMENT: Option<usize> = Some(MAX_ROWS);
+    const FAILURES_PER_STATEMENT: usize = 1;
+
+    fn id(id: Uuid) -> Uuid {
+        id
+    }
+    fn list(list: &[String]) -> String {
+        json_list(list)
+    }
+    fn delay(delay: Duration) -> i64 {
+        micros(delay)
+    }
+    fn instant(at: SystemTime) -> i64 {
+        millis_since_epoch(at)
+            .saturating_mul(1000)
+            .clamp(MIN_DATETIME_MICROS, MAX_DATETIME_MICROS)
+    }
+    /// With FOUND_ROWS the count is of matched rows: a repeated id still
+    /// matches its row once.
+    fn bind_ids(query: Query<MySql>, ids: &[Uuid]) -> Query<MySql> {
+        padded(ids).into_iter().fold(query, |q, id| q.bind(id))
+    }
+    fn column(values: Vec<String>) -> String {
+        values.into_iter().next().unwrap_or_default()
+    }
+
+    fn id_at(row: &MySqlRow, i: usize) -> Result<Uuid, sqlx::Error> {
+        row.try_get(i)
+    }
+    fn key_at(row: &MySqlRow, i: usize) -> Result<Option<String>, sqlx::Error> {
+        text(row.try_get(i)?)
+    }
+    fn list_at(row: &MySqlRow, i: usize) -> Result<Option<Vec<String>>, sqlx::Error> {
+        Ok(parse_json_list(row.try_get::<Option<&str>, _>(i)?))
+    }
+    fn rows_affected(result: &MySqlQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
     /// Refuse an old server once, before the first statement that needs it.
-    async fn ready(&self) -> Result<(), Error> {
+    async fn ready(&self, pool: &MySqlPool) -> Result<(), Error> {
         self.checked
             .get_or_try_init(|| async {
-                let mut conn = self.pool.acquire().await?;
+                let mut conn = pool.acquire().await?;
                 check_server(&mut conn).await
             })
             .await?;
         Ok(())
     }
-}
 
-#[async_trait]
-impl Source for MySqlSource {
     async fn claim(
         &self,
+        pool: &MySqlPool,
         owner: Uuid,
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedEvent>, Error> {
-        self.ready().await?;
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // READ COMMITTED: no gap locks (producers' inserts never wait for a
-        // claim), and rows scanned but not picked are unlocked at once.
-        let mut tx = self
-            .pool
-            .begin_with("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION")
-            .await?;
-        let rows = q(&self.sql.claim)
-            .bind(i64::try_from(limit.min(MAX_ROWS)).unwrap_or(1))
-            .fetch_all(&mut *tx)
-            .await?;
-        if rows.is_empty() {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        }
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut event = event_of(row)?;
-            // The row is locked: the UPDATE below makes it exactly this.
-            event.attempt = event.attempt.saturating_add(1);
-            let list = |i: usize| -> Result<Option<Vec<String>>, sqlx::Error> {
-                Ok(parse_json_list(row.try_get::<Option<&str>, _>(i)?))
-            };
-            events.push(
-                ClaimedEvent::new(event)
-                    .with_delivered(legacy::delivered(list(9)?.unwrap_or_default()))
-                    .with_only(legacy::only(list(10)?))
-                    .with_dead(list(11)?.unwrap_or_default()),
-            );
-        }
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event.id).collect();
-        let ids = padded(&ids);
-        let mut update = sqlx::query(AssertSqlSafe(self.sql.lease(ids.len())))
-            .bind(owner)
-            .bind(micros(lease));
-        for id in &ids {
-            update = update.bind(*id);
-        }
-        update.execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(events)
-    }
-
-    async fn ack(&self, owner: Uuid, ids: &[Uuid]) -> Result<u64, Error> {
-        self.ready().await?;
-        let mut acked = 0;
-        for chunk in ids.chunks(MAX_ROWS) {
-            let chunk = padded(chunk);
-            let mut delete = sqlx::query(AssertSqlSafe(self.sql.ack(chunk.len()))).bind(owner);
-            for id in &chunk {
-                delete = delete.bind(*id);
-            }
-            acked += delete.execute(&self.pool).await?.rows_affected();
-        }
-        Ok(acked)
-    }
-
-    async fn settle(&self, owner: Uuid, s: &Settlement) -> Result<bool, Error> {
-        self.ready().await?;
-        let mut tx = self.pool.begin().await?;
-        for failure in &s.dead_letters {
-            q(&self.sql.dead)
-                .bind(&failure.publisher)
-                .bind(&failure.error)
-                .bind(s.id)
-                .bind(owner)
-                .bind(&failure.error)
-                .execute(&mut *tx)
+        let limit = limit.min(MAX_ROWS);
+        claim_in_window(limit, |window| async move {
+            // READ COMMITTED: no gap locks (producers' inserts never wait for
+            // a claim), and rows scanned but not picked are unlocked at once.
+            let mut tx = pool
+                .begin_with("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION")
                 .await?;
-        }
-        let changed = match &s.outcome {
-            Outcome::Retry { delay, error }
-            | Outcome::Hold {
-                delay,
-                reason: error,
-            } => {
-                q(&self.sql.retry)
-                    .bind(micros(*delay))
-                    .bind(json_list(&s.delivered))
-                    .bind(json_list(&s.dead))
-                    .bind(error)
-                    .bind(i32::from(matches!(s.outcome, Outcome::Hold { .. })))
-                    .bind(s.id)
-                    .bind(owner)
-                    .execute(&mut *tx)
-                    .await?
+            let select = match window {
+                i64::MAX => query(&self.claim_all),
+                window => query(&self.claim_in_window).bind(window),
+            };
+            let rows = select
+                .bind(i64::try_from(limit).unwrap_or(1))
+                .fetch_all(&mut *tx)
+                .await?;
+            if rows.is_empty() {
+                tx.commit().await?;
+                return Ok(Vec::new());
             }
-            Outcome::Park { error } => {
-                q(&self.sql.park)
-                    .bind(json_list(&s.delivered))
-                    .bind(json_list(&s.dead))
-                    .bind(error)
-                    .bind(s.id)
-                    .bind(owner)
-                    .execute(&mut *tx)
-                    .await?
+            let mut events = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let mut claimed = Store::<Self>::claimed(row)?;
+                // The row is locked: the UPDATE below makes it exactly this.
+                let event = Arc::make_mut(&mut claimed.event);
+                event.attempt = event.attempt.saturating_add(1);
+                events.push(claimed);
             }
-            Outcome::Finish => {
-                q(&self.sql.delete_one)
-                    .bind(s.id)
-                    .bind(owner)
-                    .execute(&mut *tx)
-                    .await?
-            }
-        }
-        .rows_affected();
-        if changed == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    async fn release(&self, owner: Uuid, ids: &[Uuid]) -> Result<u64, Error> {
-        self.ready().await?;
-        let mut released = 0;
-        for chunk in ids.chunks(MAX_ROWS) {
-            // With FOUND_ROWS the count is of matched rows: a repeated id
-            // still matches its row once.
-            let chunk = padded(chunk);
-            let mut update = sqlx::query(AssertSqlSafe(self.sql.release(chunk.len()))).bind(owner);
-            for id in &chunk {
-                update = update.bind(*id);
-            }
-            released += update.execute(&self.pool).await?.rows_affected();
-        }
-        Ok(released)
-    }
-
-    async fn pending(&self) -> Result<u64, Error> {
-        self.ready().await?;
-        let n: i64 = q(&self.sql.pending)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error> {
-        self.ready().await?;
-        let rows = q(&self.sql.list_dead)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let event = event_of(&row)?;
-            out.push(DeadLetter {
-                attempts: event.attempt,
-                event,
-                publisher: row.try_get(9)?,
-                error: row.try_get(10)?,
-                failed_at: super::system_time_from_millis(row.try_get(11)?),
-            });
-        }
-        Ok(out)
-    }
-
-    async fn retry_dead_letters(&self, event_ids: Option<&[Uuid]>) -> Result<u64, Error> {
-        self.ready().await?;
-        let dl = &self.sql.dl;
-        let mut tx = self.pool.begin().await?;
-        let ids: Vec<Uuid> = match event_ids {
-            Some([]) => return Ok(0),
-            Some(filter) => {
-                let mut ids = Vec::new();
-                for chunk in filter.chunks(MAX_ROWS) {
-                    let chunk = padded(chunk);
-                    let sql = format!(
-                        "SELECT DISTINCT event_id FROM {dl} WHERE event_id IN ({}) ORDER BY event_id",
-                        placeholders(chunk.len())
-                    );
-                    let mut select = sqlx::query_scalar::<_, Uuid>(AssertSqlSafe(sql));
-                    for id in &chunk {
-                        select = select.bind(*id);
-                    }
-                    ids.extend(select.fetch_all(&mut *tx).await?);
-                }
-                ids
-            }
-            None => {
-                let sql = format!("SELECT DISTINCT event_id FROM {dl} ORDER BY event_id");
-                sqlx::query_scalar(AssertSqlSafe(sql))
-                    .fetch_all(&mut *tx)
-                    .await?
-            }
-        };
-        let mut requeued = 0;
-        for id in ids {
-            q(&self.sql.unpark).bind(id).execute(&mut *tx).await?;
-            let inserted = q(&self.sql.requeue_dead)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if inserted > 0 {
-                q(&self.sql.delete_dead).bind(id).execute(&mut *tx).await?;
-                requeued += 1;
-            }
-        }
-        tx.commit().await?;
-        Ok(requeued)
-    }
-
-    async fn purge_dead_letters(&self, before: SystemTime) -> Result<u64, Error> {
-        self.ready().await?;
-        let micros = millis_since_epoch(before)
-            .saturating_mul(1000)
-            .clamp(MIN_DATETIME_MICROS, MAX_DATETIME_MICROS);
-        let mut tx = self.pool.begin().await?;
-        q(&self.sql.drop_parked)
-            .bind(micros)
-            .execute(&mut *tx)
-            .await?;
-        let done = q(&self.sql.purge_dead)
-            .bind(micros)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected())
+            let ids: Vec<Uuid> = events.iter().map(|e| e.event.id).collect();
+            let update = query(&self.lease.text(ids.len()))
+                .bind(owner)
+                .bind(micros(lease));
+            Self::bind_ids(update, &ids).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(events)
+        })
+        .await
     }
 }
 
@@ -631,16 +412,18 @@ async fn migrate(pool: &MySqlPool, tables: &Tables) -> Result<(), Error> {
             ));
         }
     }
+    // The event, as both tables hold it.
+    let event = "event_type TEXT NOT NULL, \
+                 version INT NOT NULL, \
+                 topic TEXT NOT NULL, \
+                 partition_key VARBINARY(1024) NULL, \
+                 payload LONGBLOB NOT NULL, \
+                 headers LONGTEXT NOT NULL, \
+                 created_at DATETIME(3) NOT NULL";
     statements.push(format!(
         "CREATE TABLE IF NOT EXISTS {ev} ( \
            id BINARY(16) NOT NULL PRIMARY KEY, \
-           event_type TEXT NOT NULL, \
-           version INT NOT NULL, \
-           topic TEXT NOT NULL, \
-           partition_key VARBINARY(1024) NULL, \
-           payload LONGBLOB NOT NULL, \
-           headers LONGTEXT NOT NULL, \
-           created_at DATETIME(3) NOT NULL, \
+           {event}, \
            due_at DATETIME(3) NOT NULL, \
            attempts INT NOT NULL DEFAULT 0, \
            lease_owner BINARY(16) NULL, \
@@ -656,13 +439,7 @@ async fn migrate(pool: &MySqlPool, tables: &Tables) -> Result<(), Error> {
         "CREATE TABLE IF NOT EXISTS {dl} ( \
            event_id BINARY(16) NOT NULL, \
            publisher VARCHAR(255) NOT NULL, \
-           event_type TEXT NOT NULL, \
-           version INT NOT NULL, \
-           topic TEXT NOT NULL, \
-           partition_key VARBINARY(1024) NULL, \
-           payload LONGBLOB NOT NULL, \
-           headers LONGTEXT NOT NULL, \
-           created_at DATETIME(3) NOT NULL, \
+           {event}, \
            attempts INT NOT NULL, \
            error LONGTEXT NOT NULL, \
            failed_at DATETIME(3) NOT NULL, \
@@ -674,11 +451,7 @@ async fn migrate(pool: &MySqlPool, tables: &Tables) -> Result<(), Error> {
     // concurrent migrations apart.
     let mut outcome = Ok(());
     for statement in statements {
-        if let Err(e) = sqlx::query(AssertSqlSafe(statement))
-            .persistent(false)
-            .execute(&mut *conn)
-            .await
-        {
+        if let Err(e) = run_once(&mut *conn, statement).await {
             outcome = Err(e.into());
             break;
         }
@@ -712,37 +485,13 @@ async fn add_dead_publishers(
     .fetch_one(&mut *conn)
     .await?;
     if has == 0 {
-        sqlx::query(AssertSqlSafe(format!(
-            "ALTER TABLE {ev} ADD COLUMN dead_publishers TEXT NULL AFTER done"
-        )))
-        .persistent(false)
-        .execute(&mut *conn)
-        .await?;
+        let add = format!("ALTER TABLE {ev} ADD COLUMN dead_publishers TEXT NULL AFTER done");
+        run_once(&mut *conn, add).await?;
     }
     Ok(())
 }
 
-impl super::sealed::Sealed for MySql {
-    fn enqueue<'a>(
-        conn: &'a mut MySqlConnection,
-        tables: &'a Tables,
-        events: &'a [NewEvent],
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(enqueue(conn, tables, events))
-    }
-
-    fn migrate<'a>(pool: &'a MySqlPool, tables: &'a Tables) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(migrate(pool, tables))
-    }
-
-    fn source(pool: MySqlPool, tables: &Tables) -> Arc<dyn Source> {
-        Arc::new(MySqlSource {
-            pool,
-            sql: Sql::new(tables),
-            checked: OnceCell::new(),
-        })
-    }
-}
+backend!(MySql, MySqlDialect);
 
 #[cfg(test)]
 mod tests {

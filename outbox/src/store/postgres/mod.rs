@@ -1,0 +1,315 @@
+//! PostgreSQL: `FOR UPDATE SKIP LOCKED` claims in single statements, leases on
+//! the server clock, acks fenced by the lease holder.
+//!
+//! Here: the dialect, the claim, enqueue and migrate. [`vacuum`]: the Source
+//! vacuums the events table itself under load. [`wakeup`]: the trigger that
+//! notifies a channel on commit, and the listener the Runner waits on.
+
+mod vacuum;
+mod wakeup;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sqlx::postgres::{PgPool, PgQueryResult, PgRow};
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
+use uuid::Uuid;
+
+use super::dialect::{Dialect, Query, query, run_once};
+use super::shared::{Logic, Store};
+use super::statements::{claimable, claimed_columns, in_window};
+use super::{claim_in_window, duration_millis, millis_since_epoch};
+use crate::delivery::ClaimedEvent;
+use crate::event::NewEvent;
+use crate::{Error, Tables};
+
+/// The dialect, and the state of the self-vacuum and the listener.
+pub(crate) struct PgDialect {
+    claim: Arc<str>,
+    vacuum: vacuum::Vacuum,
+    listener: wakeup::Listener,
+}
+
+impl PgDialect {
+    fn new(tables: &Tables) -> Self {
+        let ev = tables.qualified("events");
+        Self {
+            claim: format!(
+                "WITH c AS ( \
+                   SELECT e.id FROM {ev} e \
+                   WHERE (SELECT set_config('synchronous_commit', 'off', true)) = 'off' \
+                     AND {} AND {} \
+                   ORDER BY e.id LIMIT $2 \
+                   FOR UPDATE SKIP LOCKED) \
+                 UPDATE {ev} e SET lease_owner = $1, \
+                   lease_until = now() + $3::float8 * interval '1 millisecond', \
+                   attempts = e.attempts + 1 \
+                 FROM c WHERE e.id = c.id \
+                 RETURNING {}",
+                claimable::<Self>(&ev),
+                in_window::<Self>(&ev, "$4", "'ffffffff-ffff-ffff-ffff-ffffffffffff'"),
+                claimed_columns::<Self>("e."),
+            )
+            .into(),
+            vacuum: vacuum::Vacuum::new(tables),
+            listener: wakeup::Listener::new(tables),
+        }
+    }
+}
+
+impl Dialect for PgDialect {
+    type DB = Postgres;
+
+    const NOW: &'static str = "now()";
+    const PARKED: &'static str = "'infinity'";
+    const EMPTY_LIST: &'static str = "'{}'";
+
+    fn param(i: usize) -> String {
+        format!("${i}")
+    }
+    fn millis(column: &str) -> String {
+        format!("(extract(epoch from {column}) * 1000)::int8")
+    }
+    fn text(column: &str) -> String {
+        format!("{column}::text")
+    }
+    fn after(param: &str) -> String {
+        format!("now() + {param}::float8 * interval '1 millisecond'")
+    }
+    fn time(param: &str) -> String {
+        format!("to_timestamp({param}::float8 / 1000.0)")
+    }
+    fn in_ids(_n: usize) -> String {
+        "= ANY($1)".to_owned()
+    }
+    fn failures() -> [String; 3] {
+        [
+            "f.publisher".to_owned(),
+            "f.error".to_owned(),
+            ", UNNEST($1::text[], $2::text[]) AS f(publisher, error)".to_owned(),
+        ]
+    }
+    fn any_value(column: &str) -> String {
+        format!("(array_agg({column}))[1]")
+    }
+    fn list_agg(column: &str) -> String {
+        format!("array_agg({column} ORDER BY {column})")
+    }
+
+    type Id = Uuid;
+    type List = Vec<String>;
+    type Time = f64;
+    type Column = Vec<String>;
+
+    const IDS_PER_STATEMENT: Option<usize> = None;
+    const FAILURES_PER_STATEMENT: usize = usize::MAX;
+
+    fn id(id: Uuid) -> Uuid {
+        id
+    }
+    fn list(list: &[String]) -> Vec<String> {
+        list.to_vec()
+    }
+    fn delay(delay: Duration) -> f64 {
+        duration_millis(delay) as f64
+    }
+    fn instant(at: SystemTime) -> f64 {
+        millis_since_epoch(at) as f64
+    }
+    fn bind_ids(query: Query<Postgres>, ids: &[Uuid]) -> Query<Postgres> {
+        query.bind(ids)
+    }
+    fn column(values: Vec<String>) -> Vec<String> {
+        values
+    }
+
+    fn id_at(row: &PgRow, i: usize) -> Result<Uuid, sqlx::Error> {
+        row.try_get(i)
+    }
+    fn key_at(row: &PgRow, i: usize) -> Result<Option<String>, sqlx::Error> {
+        row.try_get(i)
+    }
+    fn list_at(row: &PgRow, i: usize) -> Result<Option<Vec<String>>, sqlx::Error> {
+        row.try_get(i)
+    }
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    async fn claim(
+        &self,
+        pool: &PgPool,
+        owner: Uuid,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedEvent>, Error> {
+        // The claim commits without waiting for its WAL to reach the disk
+        // (`synchronous_commit` off for this one transaction, set inside the
+        // statement): a lease is soft state. Should the server crash before
+        // the WAL is flushed, the lease is gone and the events are claimed
+        // again, which at-least-once allows; an ack, which commits durably
+        // and after the claim, flushes the claim's WAL with its own.
+        claim_in_window(limit, |window| async move {
+            let rows = query(&self.claim)
+                .bind(owner)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(duration_millis(lease) as f64)
+                .bind(window)
+                .fetch_all(pool)
+                .await?;
+            Ok(rows
+                .iter()
+                .map(Store::<Self>::claimed)
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    fn deleted(&self, pool: &PgPool, n: u64) {
+        self.vacuum.deleted(pool, n);
+    }
+
+    async fn wait_for_events(&self, pool: &PgPool, timeout: Duration) {
+        self.listener.wait(pool, timeout).await;
+    }
+}
+
+async fn enqueue(
+    conn: &mut PgConnection,
+    tables: &Tables,
+    events: &[NewEvent],
+) -> Result<(), Error> {
+    let ev = tables.qualified("events");
+    match events {
+        [] => {}
+        [e] => {
+            let sql = format!(
+                "INSERT INTO {ev} (id, event_type, version, topic, partition_key, payload, headers) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)"
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(e.id)
+                .bind(&e.event_type)
+                .bind(i32::try_from(e.version).unwrap_or(i32::MAX))
+                .bind(&e.topic)
+                .bind(&e.partition_key)
+                .bind(&e.payload)
+                .bind(e.headers_json())
+                .execute(conn)
+                .await?;
+        }
+        many => {
+            let sql = format!(
+                "INSERT INTO {ev} (id, event_type, version, topic, partition_key, payload, headers) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], \
+                   $6::bytea[], $7::text[]::jsonb[])"
+            );
+            let ids: Vec<Uuid> = many.iter().map(|e| e.id).collect();
+            let types: Vec<&str> = many.iter().map(|e| e.event_type.as_str()).collect();
+            let versions: Vec<i32> = many
+                .iter()
+                .map(|e| i32::try_from(e.version).unwrap_or(i32::MAX))
+                .collect();
+            let topics: Vec<&str> = many.iter().map(|e| e.topic.as_str()).collect();
+            let keys: Vec<Option<&str>> = many.iter().map(|e| e.partition_key.as_deref()).collect();
+            let payloads: Vec<&[u8]> = many.iter().map(|e| e.payload.as_slice()).collect();
+            let headers: Vec<String> = many.iter().map(NewEvent::headers_json).collect();
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(ids)
+                .bind(types)
+                .bind(versions)
+                .bind(topics)
+                .bind(keys)
+                .bind(payloads)
+                .bind(headers)
+                .execute(conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn migrate(pool: &PgPool, tables: &Tables) -> Result<(), Error> {
+    let ev = tables.qualified("events");
+    let dl = tables.qualified("dead_letters");
+    let key_idx = tables.index_name("events_key_idx");
+    let dl_idx = tables.index_name("dead_letters_failed_idx");
+    let mut statements = Vec::new();
+    if let Some(schema) = tables.quoted_schema() {
+        statements.push(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
+    }
+    statements.push(format!(
+        "CREATE TABLE IF NOT EXISTS {ev} ( \
+           id uuid PRIMARY KEY, \
+           event_type text NOT NULL, \
+           version integer NOT NULL, \
+           topic text NOT NULL, \
+           partition_key text, \
+           payload bytea NOT NULL, \
+           headers jsonb NOT NULL DEFAULT '{{}}', \
+           created_at timestamptz NOT NULL DEFAULT now(), \
+           due_at timestamptz NOT NULL DEFAULT now(), \
+           attempts integer NOT NULL DEFAULT 0, \
+           lease_owner uuid, \
+           lease_until timestamptz, \
+           done text[] NOT NULL DEFAULT '{{}}', \
+           dead_publishers text[] NOT NULL DEFAULT '{{}}', \
+           only_publishers text[], \
+           last_error text)"
+    ));
+    // Tables made before dead-lettered publishers had a column of their own
+    // (they were marked inside `done`).
+    statements.push(format!(
+        "ALTER TABLE {ev} ADD COLUMN IF NOT EXISTS dead_publishers text[] NOT NULL DEFAULT '{{}}'"
+    ));
+    statements.push(format!(
+        "CREATE INDEX IF NOT EXISTS {key_idx} ON {ev} (partition_key, id) \
+         WHERE partition_key IS NOT NULL"
+    ));
+    // The queue head is deleted constantly: dead index entries there are
+    // re-scanned by every claim until vacuum runs, so vacuum this table often
+    // and without throttling. Every event is updated once (its lease) before
+    // it is deleted: with half of each page free, that update stays on its
+    // page and adds no index entries (a HOT update), which made a claim-and-ack
+    // loop ~40% faster (BENCHMARKS.md). Applies to pages written from now on.
+    statements.push(format!(
+        "ALTER TABLE {ev} SET (fillfactor = 50, autovacuum_vacuum_scale_factor = 0, \
+           autovacuum_vacuum_threshold = 5000, autovacuum_vacuum_cost_delay = 0, \
+           autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 5000)"
+    ));
+    statements.push(format!(
+        "CREATE TABLE IF NOT EXISTS {dl} ( \
+           event_id uuid NOT NULL, \
+           publisher text NOT NULL, \
+           event_type text NOT NULL, \
+           version integer NOT NULL, \
+           topic text NOT NULL, \
+           partition_key text, \
+           payload bytea NOT NULL, \
+           headers jsonb NOT NULL, \
+           created_at timestamptz NOT NULL, \
+           attempts integer NOT NULL, \
+           error text NOT NULL, \
+           failed_at timestamptz NOT NULL DEFAULT now(), \
+           PRIMARY KEY (event_id, publisher))"
+    ));
+    statements.push(format!(
+        "CREATE INDEX IF NOT EXISTS {dl_idx} ON {dl} (failed_at)"
+    ));
+    statements.extend(wakeup::trigger(tables, &ev));
+
+    let mut tx = pool.begin().await?;
+    // Serialise concurrent migrations of the same tables: CREATE ... IF NOT
+    // EXISTS alone races on the catalog.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(format!("outbox.migrate:{ev}"))
+        .execute(&mut *tx)
+        .await?;
+    for statement in statements {
+        run_once(&mut *tx, statement).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+backend!(Postgres, PgDialect);
