@@ -25,6 +25,8 @@ on_every_backend!(
     claim_takes_each_key_head_and_every_keyless_event,
     concurrent_claimers_keep_per_key_order,
     retry_waits_for_its_delay,
+    retrying_dead_letters_leaves_waiting_events_alone,
+    dead_letters_of_many_events_are_retried_at_once,
 );
 
 async fn enqueue_raw(db: &TestDb, events: &[NewEvent]) {
@@ -529,5 +531,111 @@ async fn retry_waits_for_its_delay(backend: Backend) {
     assert_eq!(source.ack(other, &[events[0].id]).await.unwrap(), 1);
     let last = source.claim(other, 10, LEASE).await.unwrap();
     assert_eq!(sorted_ids(&last), vec![events[2].id]);
+    db.cleanup().await;
+}
+
+/// Dead letters are retried for events that are gone (finished) or parked;
+/// an event still waiting in the outbox keeps its dead letters and is not
+/// put back a second time.
+async fn retrying_dead_letters_leaves_waiting_events_alone(backend: Backend) {
+    let db = TestDb::new(backend, "retry_dead_waiting").await;
+    let events: Vec<NewEvent> = ["waiting", "parked", "finished"]
+        .into_iter()
+        .map(|payload| NewEvent::new("test.e", payload))
+        .collect();
+    enqueue_raw(&db, &events).await;
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let source = db.source();
+    let owner = Uuid::now_v7();
+    assert_eq!(source.claim(owner, 10, LEASE).await.unwrap().len(), 3);
+    let audit = || {
+        vec![Failure {
+            publisher: "audit".into(),
+            error: "refused".into(),
+        }]
+    };
+    let outcomes = [
+        Outcome::Retry {
+            delay: Duration::from_secs(600),
+            error: "billing: later".into(),
+        },
+        Outcome::Park {
+            error: "audit: refused".into(),
+        },
+        Outcome::Finish,
+    ];
+    for (id, outcome) in ids.iter().zip(outcomes) {
+        let settlement = Settlement::new(*id, outcome).with_dead_letters(audit());
+        assert!(source.settle(owner, &settlement).await.unwrap());
+    }
+    assert_eq!(source.dead_letters(10).await.unwrap().len(), 3);
+
+    let unknown = Uuid::now_v7();
+    let filter = [ids[0], ids[1], ids[2], unknown, ids[1]];
+    assert_eq!(source.retry_dead_letters(Some(&filter)).await.unwrap(), 2);
+    let left = source.dead_letters(10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        left[0].event.id, ids[0],
+        "the waiting event keeps its dead letter"
+    );
+    assert_eq!(source.retry_dead_letters(None).await.unwrap(), 0);
+    assert_eq!(source.dead_letters(10).await.unwrap().len(), 1);
+
+    let again = source.claim(owner, 10, LEASE).await.unwrap();
+    assert_eq!(sorted_ids(&again), vec![ids[1], ids[2]]);
+    for claimed in &again {
+        assert_eq!(claimed.only, Some(vec!["audit".to_owned()]));
+        assert_eq!(claimed.event.attempt, 1);
+    }
+    db.cleanup().await;
+}
+
+/// More dead-lettered events than one statement takes on some backends,
+/// retried and then acked in one call each.
+async fn dead_letters_of_many_events_are_retried_at_once(backend: Backend) {
+    const EVENTS: usize = 520;
+    let db = TestDb::new(backend, "retry_dead_many").await;
+    let events: Vec<NewEvent> = (0..EVENTS)
+        .map(|n| NewEvent::new("test.e", n.to_string()))
+        .collect();
+    enqueue_raw(&db, &events).await;
+    let source = db.source();
+    let owner = Uuid::now_v7();
+    let mut claimed = Vec::new();
+    while claimed.len() < EVENTS {
+        let batch = source.claim(owner, EVENTS, LEASE).await.unwrap();
+        assert!(!batch.is_empty(), "{} of {EVENTS} claimed", claimed.len());
+        claimed.extend(batch);
+    }
+    for c in &claimed {
+        let dead = Settlement::finish(c.event.id).with_dead_letters(vec![Failure {
+            publisher: "sink".into(),
+            error: "refused".into(),
+        }]);
+        assert!(source.settle(owner, &dead).await.unwrap());
+    }
+    assert_eq!(db.pending().await, 0);
+
+    let mut ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    ids.reverse();
+    assert_eq!(
+        source.retry_dead_letters(Some(&ids)).await.unwrap(),
+        EVENTS as u64
+    );
+    assert!(source.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(db.pending().await, EVENTS as u64);
+    let mut again = Vec::new();
+    while again.len() < EVENTS {
+        let batch = source.claim(owner, EVENTS, LEASE).await.unwrap();
+        assert!(
+            !batch.is_empty(),
+            "{} of {EVENTS} claimed again",
+            again.len()
+        );
+        again.extend(batch.into_iter().map(|c| c.event.id));
+    }
+    assert_eq!(source.ack(owner, &again).await.unwrap(), EVENTS as u64);
+    assert_eq!(db.pending().await, 0);
     db.cleanup().await;
 }
