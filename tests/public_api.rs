@@ -108,6 +108,10 @@ impl Source for VecSource {
         Ok(true)
     }
 
+    async fn renew(&self, _owner: Uuid, ids: &[Uuid], _lease: Duration) -> Result<u64, Error> {
+        Ok(ids.len() as u64)
+    }
+
     async fn release(&self, _owner: Uuid, _ids: &[Uuid]) -> Result<u64, Error> {
         Ok(0)
     }

@@ -153,23 +153,10 @@ async fn settings_out_of_range_are_refused() {
         .build()
         .err()
         .unwrap();
-    assert!(err.to_string().contains("raise lease above 10s"), "{err}");
-
-    // A batch published one event at a time outlives a lease that outlives
-    // one publish: refused, naming the numbers, since its events would be
-    // published twice without any fault.
-    let err = db
-        .runner()
-        .batch_size(10)
-        .concurrency(1)
-        .publish_timeout(std::time::Duration::from_millis(1500))
-        .lease(std::time::Duration::from_secs(2))
-        .build()
-        .err()
-        .unwrap();
-    let message = err.to_string();
-    assert!(message.contains("a batch can take 15s"), "{message}");
-    assert!(message.contains("published twice"), "{message}");
+    assert!(
+        err.to_string().contains("longer than publish_timeout"),
+        "{err}"
+    );
 
     // Durations that no database can add to a timestamp.
     let err = db

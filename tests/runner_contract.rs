@@ -747,10 +747,12 @@ async fn a_retried_dead_letter_waits_for_its_publisher(backend: Backend) {
     db.cleanup().await;
 }
 
-/// Two Runners, a publisher slow enough that a batch takes most of its lease
-/// (the settings `build` still accepts): each event is published once. With
-/// a lease shorter than the batch (refused now, see `registered.rs`), the
-/// leases expired mid-batch and events were published two to four times.
+/// Two Runners, a publisher slow enough that a batch (10 events one at a
+/// time, 3 s) outlasts its lease (1.5 s), and no fault: each event is
+/// published once, because the Runner renews the leases of the batch's
+/// unsettled events while it publishes. Without that, the leases expired
+/// mid-batch and the other Runner (or the same one) published the events
+/// again: 40 publishes for 10 events.
 async fn two_runners_with_slow_publishers_publish_each_event_once(backend: Backend) {
     let db = TestDb::new(backend, "slow_batches").await;
     let mut tx = db.begin().await;
@@ -765,7 +767,7 @@ async fn two_runners_with_slow_publishers_publish_each_event_once(backend: Backe
             .batch_size(10)
             .concurrency(1)
             .publish_timeout(Duration::from_millis(400))
-            .lease(Duration::from_millis(4500))
+            .lease(Duration::from_millis(1500))
             .build()
             .unwrap()
             .drain()

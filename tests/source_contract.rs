@@ -17,6 +17,7 @@ use outbox_tests::{Backend, TestDb, on_every_backend};
 
 on_every_backend!(
     expired_lease_fences_the_old_holder,
+    a_renewed_lease_keeps_the_event_and_only_its_holder_renews,
     migrate_is_idempotent,
     concurrent_migrations_agree,
     a_blocked_key_with_a_deep_backlog_holds_up_no_other_key,
@@ -39,6 +40,31 @@ fn random_bytes(n: usize) -> Vec<u8> {
     std::iter::repeat_with(|| fastrand::u8(..))
         .take(n)
         .collect()
+}
+
+/// `renew` extends a lease from now on the database clock, only for its
+/// holder: a renewed event is not claimed by another Runner after its first
+/// lease ran out, and a Runner that does not hold the lease renews nothing.
+async fn a_renewed_lease_keeps_the_event_and_only_its_holder_renews(backend: Backend) {
+    let db = TestDb::new(backend, "renew").await;
+    let id = place(&db, 1).await;
+    let source = db.source();
+    let (a, b) = (outbox::Uuid::now_v7(), outbox::Uuid::now_v7());
+    let short = Duration::from_millis(300);
+    assert_eq!(source.claim(a, 10, short).await.unwrap().len(), 1);
+    assert_eq!(
+        source.renew(b, &[id], LEASE).await.unwrap(),
+        0,
+        "a stranger renewed"
+    );
+    assert_eq!(source.renew(a, &[id], LEASE).await.unwrap(), 1);
+    tokio::time::sleep(short * 2).await;
+    assert!(
+        source.claim(b, 10, LEASE).await.unwrap().is_empty(),
+        "a renewed lease ran out at its first end"
+    );
+    assert_eq!(source.ack(a, &[id]).await.unwrap(), 1);
+    db.cleanup().await;
 }
 
 async fn expired_lease_fences_the_old_holder(backend: Backend) {

@@ -182,11 +182,14 @@ impl Core {
             Mutex::new(batch.iter().map(|e| e.event.id).collect());
         let delivered: Mutex<Vec<Uuid>> = Mutex::new(Vec::with_capacity(batch.len()));
         let mut work = Box::pin(async {
-            stream::iter(batch)
+            let publish = stream::iter(batch)
                 .map(|event| self.deliver(event, &unfinished, &delivered))
                 .buffer_unordered(self.settings.concurrency)
-                .for_each(|()| async {})
-                .await;
+                .for_each(|()| async {});
+            tokio::select! {
+                () = publish => {}
+                () = self.renew_leases(&unfinished) => {}
+            }
         });
         let finished = tokio::select! {
             () = &mut work => true,
@@ -218,6 +221,34 @@ impl Core {
             }
         }
         delivered
+    }
+
+    /// While a batch is published, extend the leases of its events that are
+    /// not settled yet every third of a lease, so that a batch slower than
+    /// one lease is never claimed again meanwhile (by another Runner, or by
+    /// this one after it). Never returns; dropped with the batch.
+    async fn renew_leases(&self, unfinished: &Mutex<HashSet<Uuid>>) {
+        let lease = self.settings.lease;
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let ids: Vec<Uuid> = lock(unfinished).iter().copied().collect();
+            if ids.is_empty() {
+                continue;
+            }
+            match self.source.renew(self.owner, &ids, lease).await {
+                Ok(n) if n as usize == ids.len() => {
+                    debug!(events = n, "outbox: leases renewed");
+                }
+                Ok(n) => warn!(
+                    renewed = n,
+                    expected = ids.len(),
+                    "outbox: some leases expired before they were renewed; those events may be published again"
+                ),
+                Err(e) => {
+                    warn!(error = %e, "outbox: renewing leases failed; retrying in a third of a lease")
+                }
+            }
+        }
     }
 
     async fn ack(&self, ids: &[Uuid]) {

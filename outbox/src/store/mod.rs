@@ -101,6 +101,13 @@ pub trait Source: Send + Sync + 'static {
     /// false when the lease was lost and nothing was changed.
     async fn settle(&self, owner: Uuid, settlement: &Settlement) -> Result<bool, Error>;
 
+    /// Extend the leases that `owner` still holds on these events to `lease`
+    /// from now (database clock), while they are being published: a batch
+    /// that takes longer than one lease is then never claimed again by
+    /// another Runner meanwhile. Returns how many leases were extended
+    /// (fewer when some were lost).
+    async fn renew(&self, owner: Uuid, ids: &[Uuid], lease: Duration) -> Result<u64, Error>;
+
     /// Give events back unfinished (on shutdown), due at once.
     async fn release(&self, owner: Uuid, ids: &[Uuid]) -> Result<u64, Error>;
 

@@ -53,6 +53,12 @@ pub(crate) trait Logic<D: Dialect> {
         ids: &[Uuid],
         owner: Uuid,
     ) -> impl Future<Output = Result<u64, Error>> + Send;
+    fn renew(
+        &self,
+        owner: Uuid,
+        ids: &[Uuid],
+        lease: Duration,
+    ) -> impl Future<Output = Result<u64, Error>> + Send;
     fn settle(
         &self,
         owner: Uuid,
@@ -121,6 +127,25 @@ where
             changed += D::rows_affected(&done);
         }
         Ok(changed)
+    }
+
+    async fn renew(&self, owner: Uuid, ids: &[Uuid], lease: Duration) -> Result<u64, Error> {
+        // The lease stands before the ids in the text: with positional
+        // parameters (`?`) it is bound first.
+        let positional = D::param(1) == D::param(3);
+        let mut renewed = 0;
+        for chunk in ids.chunks(D::IDS_PER_STATEMENT.unwrap_or(usize::MAX)) {
+            let text = self.sql.renew.text(chunk.len());
+            let statement = if positional {
+                D::bind_ids(query(&text).bind(D::delay(lease)), chunk).bind(D::id(owner))
+            } else {
+                D::bind_ids(query(&text), chunk)
+                    .bind(D::id(owner))
+                    .bind(D::delay(lease))
+            };
+            renewed += D::rows_affected(&statement.execute(&self.pool).await?);
+        }
+        Ok(renewed)
     }
 
     async fn settle(&self, owner: Uuid, s: &Settlement) -> Result<bool, Error> {
@@ -268,6 +293,11 @@ where
     async fn settle(&self, owner: Uuid, settlement: &Settlement) -> Result<bool, Error> {
         self.dialect.ready(&self.pool).await?;
         Logic::settle(self, owner, settlement).await
+    }
+
+    async fn renew(&self, owner: Uuid, ids: &[Uuid], lease: Duration) -> Result<u64, Error> {
+        self.dialect.ready(&self.pool).await?;
+        Logic::renew(self, owner, ids, lease).await
     }
 
     async fn release(&self, owner: Uuid, ids: &[Uuid]) -> Result<u64, Error> {

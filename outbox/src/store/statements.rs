@@ -116,6 +116,7 @@ impl<D: Dialect> WithIds<D> {
 pub(crate) struct Statements<D> {
     pub(crate) ack: WithIds<D>,
     pub(crate) release: WithIds<D>,
+    pub(crate) renew: WithIds<D>,
     pub(crate) dead: Arc<str>,
     pub(crate) retry: Arc<str>,
     pub(crate) park: Arc<str>,
@@ -155,6 +156,10 @@ impl<D: Dialect> Statements<D> {
             release: WithIds::new(&format!(
                 "UPDATE {ev} SET {unleased}, attempts = {greatest}(attempts - 1, 0) \
                  WHERE id {IDS} AND {fenced}"
+            )),
+            renew: WithIds::new(&format!(
+                "UPDATE {ev} SET lease_until = {} WHERE id {IDS} AND {fenced}",
+                D::after(&p(3))
             )),
             dead: D::upsert(
                 &dl,
