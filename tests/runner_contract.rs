@@ -668,21 +668,27 @@ async fn an_event_without_publisher_waits_for_one(backend: Backend) {
     db.cleanup().await;
 }
 
+/// Claim the one event in the outbox, record `settlement` for it (its dead
+/// letters), then retry every dead letter, as an operator would.
+async fn settle_then_retry(db: &TestDb, settlement: Settlement) {
+    let source = db.source();
+    let owner = Uuid::now_v7();
+    assert_eq!(source.claim(owner, 10, LEASE).await.unwrap().len(), 1);
+    assert!(source.settle(owner, &settlement).await.unwrap());
+    assert_eq!(source.retry_dead_letters(None).await.unwrap(), 1);
+}
+
 /// Dead letters an older release wrote under the pseudo-publisher `(none)`
 /// (no publisher accepted the event) go, once retried, to every publisher
 /// that accepts the event now.
 async fn a_no_publisher_dead_letter_of_an_older_release_reaches_every_publisher(backend: Backend) {
     let db = TestDb::new(backend, "legacy_none").await;
     let id = place(&db, 1).await;
-    let source = db.source();
-    let owner = Uuid::now_v7();
-    assert_eq!(source.claim(owner, 10, LEASE).await.unwrap().len(), 1);
     let legacy = Settlement::finish(id).with_dead_letters(vec![Failure {
         publisher: "(none)".into(),
         error: "no publisher for event type `test.order` is registered in this Runner".into(),
     }]);
-    assert!(source.settle(owner, &legacy).await.unwrap());
-    assert_eq!(source.retry_dead_letters(None).await.unwrap(), 1);
+    settle_then_retry(&db, legacy).await;
 
     let (billing, audit) = (
         Recorder::new("billing", &[ORDER]),
@@ -706,17 +712,13 @@ async fn a_no_publisher_dead_letter_of_an_older_release_reaches_every_publisher(
 async fn a_retried_dead_letter_waits_for_its_publisher(backend: Backend) {
     let db = TestDb::new(backend, "owed_elsewhere").await;
     let id = place(&db, 1).await;
-    let source = db.source();
-    let owner = Uuid::now_v7();
-    assert_eq!(source.claim(owner, 10, LEASE).await.unwrap().len(), 1);
     let dead = Settlement::finish(id)
         .with_delivered(vec!["billing".into()])
         .with_dead_letters(vec![Failure {
             publisher: "audit".into(),
             error: "refused".into(),
         }]);
-    assert!(source.settle(owner, &dead).await.unwrap());
-    assert_eq!(source.retry_dead_letters(None).await.unwrap(), 1);
+    settle_then_retry(&db, dead).await;
 
     let billing = Recorder::new("billing", &[ORDER]);
     let without_audit = db
