@@ -30,7 +30,7 @@ use std::time::Duration;
 
 pub use publisher::{BrokerPublisher, Wire};
 
-use crate::StorageBox;
+use crate::event::StorageBox;
 
 /// How long one publish may take by default, until the broker's answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);

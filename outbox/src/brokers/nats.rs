@@ -45,7 +45,8 @@ use async_nats::jetstream::{self, ErrorCode};
 use tracing::{debug, warn};
 
 use crate::brokers::{BrokerPublisher, Route, Wire, destination, metadata, sealed};
-use crate::{PublishError as OutboxPublishError, StorageBox};
+use crate::error::PublishError as OutboxPublishError;
+use crate::event::StorageBox;
 
 /// The header that JetStream deduplicates on; it carries the event id.
 pub const MSG_ID: &str = "Nats-Msg-Id";

@@ -8,7 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{DEFAULT_TIMEOUT, Route, Selection, sealed};
-use crate::{Context, PublishError, Publisher, StorageBox};
+use crate::error::PublishError;
+use crate::event::StorageBox;
+use crate::publisher::{Context, Publisher};
 
 /// One broker's wire protocol: how a [`BrokerPublisher`] sends an event,
 /// and what the broker's answer means (success, transient or permanent
@@ -143,8 +145,8 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::NewEvent;
     use crate::brokers::stored;
+    use crate::event::NewEvent;
 
     /// What the fake wire was asked: event type, route result, timeout.
     type Sent = (String, Option<String>, Duration);

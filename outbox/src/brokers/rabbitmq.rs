@@ -51,7 +51,8 @@ use tracing::{debug, info, warn};
 use crate::brokers::{
     BrokerPublisher, JSON, Route, Wire, check_payload, destination, metadata, sealed,
 };
-use crate::{PublishError, StorageBox};
+use crate::error::PublishError;
+use crate::event::StorageBox;
 
 /// RabbitMQ's default `max_message_size` (3.8 and later): 128 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;

@@ -39,7 +39,8 @@ use ::redis::{Client, ErrorKind, RedisError, ServerErrorKind};
 use tracing::{debug, warn};
 
 use crate::brokers::{BrokerPublisher, Route, Wire, check_payload, destination, metadata, sealed};
-use crate::{PublishError, StorageBox};
+use crate::error::PublishError;
+use crate::event::StorageBox;
 
 /// Redis's default `proto-max-bulk-len`: 512 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 512 * 1024 * 1024;

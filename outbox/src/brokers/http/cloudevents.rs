@@ -9,7 +9,8 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tracing::warn;
 
 use crate::brokers::{JSON, header, metadata};
-use crate::{PublishError, StorageBox};
+use crate::error::PublishError;
+use crate::event::StorageBox;
 
 /// `Content-Type` of a structured-mode CloudEvent.
 pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json; charset=utf-8";
@@ -224,8 +225,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::NewEvent;
     use crate::brokers::stored;
+    use crate::event::NewEvent;
 
     #[test]
     fn rfc3339_formats_utc_with_fraction() {

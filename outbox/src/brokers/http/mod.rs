@@ -54,7 +54,8 @@ use tracing::debug;
 pub use self::cloudevents::{CLOUDEVENTS_JSON, Mode};
 use self::signing::Secret;
 use crate::brokers::{BrokerPublisher, Route, Wire, sealed};
-use crate::{PublishError, StorageBox};
+use crate::error::PublishError;
+use crate::event::StorageBox;
 
 /// The CloudEvents `source` attribute by default.
 pub const DEFAULT_SOURCE: &str = "/outbox";

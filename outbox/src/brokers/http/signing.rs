@@ -11,7 +11,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use sha2::Sha256;
 
 use super::ConfigError;
-use crate::StorageBox;
+use crate::event::StorageBox;
 
 /// A signing key, shared by clones of a publisher.
 #[derive(Clone)]
@@ -72,8 +72,8 @@ fn signature(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NewEvent;
     use crate::brokers::stored;
+    use crate::event::NewEvent;
 
     #[test]
     fn signature_matches_the_standard_webhooks_test_vector() {

@@ -50,7 +50,8 @@ use tracing::{debug, warn};
 
 use self::session::Session;
 use crate::brokers::{BrokerPublisher, JSON, Route, Wire, destination, metadata, sealed};
-use crate::{PublishError, StorageBox};
+use crate::error::PublishError;
+use crate::event::StorageBox;
 
 /// The largest packet MQTT can carry (its maximum remaining length).
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 268_435_455;

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::outcome;
-use crate::PublishError;
+use crate::error::PublishError;
 
 /// How many publishes may wait in the client's queue before publishes fail.
 const REQUEST_QUEUE: usize = 1024;
@@ -324,7 +324,7 @@ mod tests {
     use tokio::sync::oneshot::error::TryRecvError;
 
     use super::*;
-    use crate::FailureKind;
+    use crate::error::FailureKind;
 
     type Answer = oneshot::Receiver<Result<(), PublishError>>;
 
