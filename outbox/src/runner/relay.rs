@@ -120,9 +120,11 @@ impl Core {
                     (failures, failing_since) = (0, None);
                     debug!(claimed = batch.len(), "outbox: claimed");
                     to_ack = self.process_batch(batch, stop).await;
-                    if mode == Mode::Drain {
-                        self.ack(&std::mem::take(&mut to_ack)).await;
-                        self.held_up_drain()?;
+                    if mode == Mode::Drain
+                        && let Some(held_up) = self.held_up_drain()
+                    {
+                        self.ack(&to_ack).await;
+                        return Err(held_up);
                     }
                 }
             }
@@ -134,15 +136,15 @@ impl Core {
 
     /// A drain fails as soon as it held an event for want of a publisher:
     /// this Runner's publishers do not change, so it cannot empty the outbox.
-    fn held_up_drain(&self) -> Result<(), Error> {
+    fn held_up_drain(&self) -> Option<Error> {
         let held = lock(&self.held);
         if held.is_empty() {
-            return Ok(());
+            return None;
         }
         let mut event_types: Vec<String> = held.values().cloned().collect();
         event_types.sort();
         event_types.dedup();
-        Err(Error::NoPublisher { event_types })
+        Some(Error::NoPublisher { event_types })
     }
 
     async fn housekeeping(&self) {
