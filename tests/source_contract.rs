@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use outbox::{Failure, NewEvent, Outcome, Settlement, Tables, Uuid};
-use outbox_tests::fixtures::{LEASE, TestOrder, order, place, sorted_ids};
+use outbox_tests::fixtures::{LEASE, ORDER, TestOrder, order, place, sorted_ids};
 use outbox_tests::{Backend, TestDb, on_every_backend};
 
 on_every_backend!(
+    a_table_of_the_previous_release_is_upgraded_by_migrate,
     expired_lease_fences_the_old_holder,
     a_renewed_lease_keeps_the_event_and_only_its_holder_renews,
     migrate_is_idempotent,
@@ -40,6 +41,43 @@ fn random_bytes(n: usize) -> Vec<u8> {
     std::iter::repeat_with(|| fastrand::u8(..))
         .take(n)
         .collect()
+}
+
+/// Tables made by the previous release (no `dead_publishers` column) are
+/// upgraded by `migrate`, twice in a row as a fleet would, and an event
+/// already half-delivered in them goes on: only its remaining publisher gets
+/// it.
+async fn a_table_of_the_previous_release_is_upgraded_by_migrate(backend: Backend) {
+    let db = TestDb::new(backend, "upgrade").await;
+    db.exec("ALTER TABLE outbox_events DROP COLUMN dead_publishers")
+        .await;
+    let id = place(&db, 1).await;
+    let delivered = match backend {
+        Backend::Postgres => "'{billing}'",
+        Backend::Sqlite | Backend::MySql => "'[\"billing\"]'",
+    };
+    db.exec(&format!("UPDATE outbox_events SET done = {delivered}"))
+        .await;
+    db.migrate().await;
+    db.migrate().await;
+    let (billing, audit) = (
+        outbox_tests::Recorder::new("billing", &[ORDER]),
+        outbox_tests::Recorder::new("audit", &[ORDER]),
+    );
+    db.runner()
+        .publisher(billing.clone())
+        .publisher(audit.clone())
+        .build()
+        .unwrap()
+        .drain()
+        .await
+        .unwrap();
+    assert!(billing.calls().is_empty(), "billing had it already");
+    assert_eq!(
+        audit.calls().iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![id]
+    );
+    db.cleanup().await;
 }
 
 /// `renew` extends a lease from now on the database clock, only for its
