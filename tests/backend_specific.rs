@@ -8,8 +8,133 @@
 use std::time::{Duration, SystemTime};
 
 use outbox::Uuid;
-use outbox_tests::fixtures::{LEASE, order, sorted_ids};
-use outbox_tests::{Backend, TestDb};
+use outbox_tests::fixtures::{LEASE, ORDER, order, place, sorted_ids};
+use outbox_tests::{Backend, Recorder, TestDb};
+
+// ---- Rows the Runner cannot read (SQLite and MySQL/MariaDB). ----
+
+/// Nine good events and the `bad` ones that `spoil` damages behind the
+/// outbox's back: a drain publishes the nine and dead-letters each bad one
+/// with a reason naming its column (`columns`, in order), and the
+/// dead-letter listing still reads them.
+async fn one_unreadable_row_stops_nothing<F, Fut>(backend: Backend, spoil: F, columns: &[&str])
+where
+    F: FnOnce(TestDb, Vec<Uuid>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let db = TestDb::new(backend, "unreadable_row").await;
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for n in 1..=9 {
+        good.push(place(&db, n).await);
+        if n <= columns.len() as i64 {
+            bad.push(place(&db, 100 + n).await);
+        }
+    }
+    spoil(db.clone(), bad.clone()).await;
+
+    let rec = Recorder::new("rec", &[ORDER]);
+    let report = db.runner().publisher(rec.clone()).build().unwrap().drain();
+    let report = tokio::time::timeout(Duration::from_secs(60), report)
+        .await
+        .expect("the drain never ended")
+        .expect("one unreadable row failed the drain");
+    let mut published: Vec<Uuid> = rec.calls().iter().map(|c| c.id).collect();
+    published.sort();
+    assert_eq!(published, good, "the good events were not all published");
+    assert_eq!(
+        (report.published, report.dead_lettered),
+        (9, bad.len() as u64)
+    );
+    assert_eq!(db.pending().await, 0);
+
+    let mut dead = db.source().dead_letters(10).await.unwrap();
+    dead.sort_by_key(|d| d.event.id);
+    let dead_ids: Vec<Uuid> = dead.iter().map(|d| d.event.id).collect();
+    assert_eq!(dead_ids, bad, "{dead:?}");
+    for (d, column) in dead.iter().zip(columns) {
+        assert_eq!(d.publisher, "rec");
+        assert!(
+            d.error.contains("could not be read") && d.error.contains(column),
+            "{column}: {}",
+            d.error
+        );
+        let unreadable = d.unreadable.as_deref().unwrap_or_default();
+        assert!(
+            unreadable.starts_with(&format!("{column}: ")),
+            "{unreadable:?}"
+        );
+        assert_eq!(d.event.event_type, ORDER);
+    }
+    db.cleanup().await;
+}
+
+/// SQLite keeps whatever bytes a TEXT value is given: headers that are not
+/// UTF-8 failed every claim, so nothing was published (0 of 9 in 25 s). A
+/// version out of range is the other bad row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_headers_that_are_not_utf8_are_dead_lettered_and_the_others_go_on() {
+    let spoil = |db: TestDb, bad: Vec<Uuid>| async move {
+        let id = bad[0];
+        db.exec(&format!(
+            "UPDATE outbox_events SET headers = CAST(x'ff' AS TEXT) WHERE id = '{id}'"
+        ))
+        .await;
+        let stored = db
+            .scalar(&format!(
+                "SELECT count(*) FROM outbox_events \
+                 WHERE id = '{id}' AND typeof(headers) = 'text' AND hex(headers) = 'FF'"
+            ))
+            .await;
+        assert_eq!(stored, 1, "the headers are not the text byte 0xff");
+        let id = bad[1];
+        db.exec(&format!(
+            "UPDATE outbox_events SET version = -1 WHERE id = '{id}'"
+        ))
+        .await;
+    };
+    one_unreadable_row_stops_nothing(Backend::Sqlite, spoil, &["headers", "version"]).await;
+}
+
+/// With a non-strict `sql_mode`, MariaDB cuts a 1,025-byte key ending in a
+/// two-byte character to the column's 1,024 bytes, mid-character: every
+/// claim failed on it. Headers that are not JSON are the other bad row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_a_key_cut_mid_character_is_dead_lettered_and_the_others_go_on() {
+    let spoil = |db: TestDb, bad: Vec<Uuid>| async move {
+        let TestDb::MySql { pool, .. } = &db else {
+            unreachable!()
+        };
+        let mut conn = pool.acquire().await.unwrap();
+        conn.close_on_drop();
+        sqlx::query("SET SESSION sql_mode = ''")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE outbox_events SET partition_key = CONCAT(REPEAT('k', 1023), 'é') WHERE id = ?",
+        )
+        .bind(bad[0])
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        let (length, last): (i64, String) = sqlx::query_as(
+            "SELECT LENGTH(partition_key), HEX(RIGHT(partition_key, 1)) \
+             FROM outbox_events WHERE id = ?",
+        )
+        .bind(bad[0])
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!((length, last.as_str()), (1024, "C3"), "the key was not cut");
+        sqlx::query("UPDATE outbox_events SET headers = 'not json' WHERE id = ?")
+            .bind(bad[1])
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    };
+    one_unreadable_row_stops_nothing(Backend::MySql, spoil, &["partition_key", "headers"]).await;
+}
 
 // ---- MySQL/MariaDB only. ----
 

@@ -351,12 +351,7 @@ pub fn set_header_hook(hook: fn(&mut BTreeMap<String, String>)) -> bool {
     HEADER_HOOK.set(hook).is_ok()
 }
 
-pub(crate) fn parse_headers(json: &str) -> BTreeMap<String, String> {
-    match serde_json::from_str(json) {
-        Ok(headers) => headers,
-        Err(error) => {
-            tracing::warn!(%error, "outbox headers column is not a JSON object of strings; ignoring it");
-            BTreeMap::new()
-        }
-    }
+/// Stored headers, a JSON object of strings.
+pub(crate) fn parse_headers(json: &str) -> Result<BTreeMap<String, String>, serde_json::Error> {
+    serde_json::from_str(json)
 }

@@ -67,6 +67,11 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// When it was dead-lettered.
     pub failed_at: SystemTime,
+    /// Why the stored row could not be read as it was written, when it
+    /// could not (text that is not UTF-8, headers that are not a JSON object
+    /// of strings…): the fields above then hold what could be read of it
+    /// (text read lossily, empty headers, zero numbers).
+    pub unreadable: Option<String>,
 }
 
 /// A store of events the Runner can claim from: one implementation per
@@ -240,16 +245,14 @@ pub(crate) fn json_list(list: &[String]) -> String {
     serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned())
 }
 
+/// A list of publishers stored as JSON; not one is an error.
 #[cfg(any(feature = "sqlite", feature = "mysql"))]
-pub(crate) fn parse_json_list(json: Option<&str>) -> Option<Vec<String>> {
-    let json = json?;
-    match serde_json::from_str(json) {
-        Ok(list) => Some(list),
-        Err(error) => {
-            tracing::warn!(%error, json, "outbox publisher list is not a JSON array of strings; ignoring it");
-            None
-        }
-    }
+pub(crate) fn parse_json_list(json: Option<&str>) -> Result<Option<Vec<String>>, sqlx::Error> {
+    json.map(|json| {
+        serde_json::from_str(json)
+            .map_err(|e| sqlx::Error::Decode(format!("not a JSON array of strings: {e}").into()))
+    })
+    .transpose()
 }
 
 /// A claim in two looks: `claim(window)` first over the oldest due rows
@@ -287,31 +290,6 @@ pub(crate) fn millis_since_epoch(t: SystemTime) -> i64 {
 
 pub(crate) fn duration_millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn storage_box(
-    id: Uuid,
-    event_type: String,
-    version: i32,
-    topic: String,
-    partition_key: Option<String>,
-    payload: Vec<u8>,
-    headers: &str,
-    created_at_ms: i64,
-    attempt: i32,
-) -> StorageBox {
-    StorageBox {
-        id,
-        event_type,
-        version: u32::try_from(version).unwrap_or(0),
-        topic,
-        partition_key,
-        payload,
-        headers: crate::event::parse_headers(headers),
-        created_at: system_time_from_millis(created_at_ms),
-        attempt: u32::try_from(attempt).unwrap_or(0),
-    }
 }
 
 /// Create the outbox tables if they do not exist (default names). Idempotent

@@ -248,7 +248,7 @@ impl Dialect for MySqlDialect {
         text(row.try_get(i)?)
     }
     fn list_at(row: &MySqlRow, i: usize) -> Result<Option<Vec<String>>, sqlx::Error> {
-        Ok(parse_json_list(row.try_get::<Option<&str>, _>(i)?))
+        parse_json_list(row.try_get::<Option<&str>, _>(i)?)
     }
     fn rows_affected(result: &MySqlQueryResult) -> u64 {
         result.rows_affected()
@@ -294,13 +294,16 @@ impl Dialect for MySqlDialect {
                 tx.commit().await?;
                 return Ok(Vec::new());
             }
-            let mut events = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let mut claimed = Store::<Self>::claimed(row)?;
+            // A row whose id cannot be read is left out, and not leased.
+            let mut events = Store::<Self>::claimed_rows(&rows);
+            if events.is_empty() {
+                tx.commit().await?;
+                return Ok(Vec::new());
+            }
+            for claimed in &mut events {
                 // The row is locked: the UPDATE below makes it exactly this.
                 let event = Arc::make_mut(&mut claimed.event);
                 event.attempt = event.attempt.saturating_add(1);
-                events.push(claimed);
             }
             let ids: Vec<Uuid> = events.iter().map(|e| e.event.id).collect();
             let update = query(&self.lease.text(ids.len()))

@@ -1,6 +1,7 @@
 //! The Source, written once: every store is a [`Store`] of its
 //! [`Dialect`], which supplies the SQL spelling, the binding and the claim.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
@@ -11,9 +12,9 @@ use uuid::Uuid;
 
 use super::dialect::{Dialect, query};
 use super::statements::{Statements, WithIds};
-use super::{DeadLetter, Source, legacy, storage_box, system_time_from_millis};
+use super::{DeadLetter, Source, legacy, system_time_from_millis};
 use crate::delivery::{ClaimedEvent, Failure, Outcome, Settlement};
-use crate::event::StorageBox;
+use crate::event::{StorageBox, parse_headers};
 use crate::{Error, Tables};
 
 /// The events and dead letters of one pair of tables in one database.
@@ -35,16 +36,192 @@ impl<D: Dialect> Store<D> {
 
 type RowOf<D> = <<D as Dialect>::DB as Database>::Row;
 
+/// One row, read column by column as well as each can be: a value that
+/// cannot be read as its type (text that is not UTF-8, headers that are not
+/// a JSON object of strings, a number out of range) is read as well as it
+/// can (text lossily, headers empty, a number as 0) and noted as
+/// `column: why`. So one bad row is handed on marked
+/// [`unreadable`](ClaimedEvent::unreadable), to be dead-lettered with the
+/// reason, instead of failing every claim or listing it is part of.
+struct Read<'r, D: Dialect> {
+    row: &'r RowOf<D>,
+    problems: Vec<String>,
+}
+
+/// Why a value could not be read: the decoder's own words.
+fn why(error: sqlx::Error) -> String {
+    match error {
+        sqlx::Error::ColumnDecode { source, .. } | sqlx::Error::Decode(source) => {
+            source.to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+impl<'r, D: Dialect> Read<'r, D>
+where
+    usize: ColumnIndex<RowOf<D>>,
+    for<'a> String: Decode<'a, D::DB> + Type<D::DB>,
+    for<'a> Vec<u8>: Decode<'a, D::DB> + Type<D::DB>,
+    for<'a> i32: Decode<'a, D::DB> + Type<D::DB>,
+    for<'a> i64: Decode<'a, D::DB> + Type<D::DB>,
+{
+    fn new(row: &'r RowOf<D>) -> Self {
+        Self {
+            row,
+            problems: Vec::new(),
+        }
+    }
+
+    fn note(&mut self, column: &str, why: impl std::fmt::Display) {
+        self.problems.push(format!("{column}: {why}"));
+    }
+
+    /// The value at `i` as bytes, whatever its type, if it has any.
+    fn raw(&self, i: usize) -> Option<Vec<u8>> {
+        self.row
+            .try_get_unchecked::<Option<Vec<u8>>, _>(i)
+            .ok()
+            .flatten()
+    }
+
+    /// The raw value at `i` as text, lossily.
+    fn lossy(&self, i: usize) -> Option<String> {
+        self.raw(i)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// A nullable text column.
+    fn text_or_null(&mut self, i: usize, column: &str) -> Option<String> {
+        match self.row.try_get::<Option<String>, _>(i) {
+            Ok(text) => text,
+            Err(e) => {
+                self.note(column, why(e));
+                self.lossy(i)
+            }
+        }
+    }
+
+    /// A text column that is never NULL.
+    fn text(&mut self, i: usize, column: &str) -> String {
+        self.text_or_null(i, column).unwrap_or_else(|| {
+            self.note(column, "NULL");
+            String::new()
+        })
+    }
+
+    /// An `INT` column that holds a `u32`.
+    fn count(&mut self, i: usize, column: &str) -> u32 {
+        match self.row.try_get::<i32, _>(i) {
+            Ok(n) => u32::try_from(n).unwrap_or_else(|_| {
+                self.note(column, format_args!("{n} is out of range"));
+                0
+            }),
+            Err(e) => {
+                self.note(column, why(e));
+                0
+            }
+        }
+    }
+
+    /// A time, as milliseconds since the Unix epoch.
+    fn time(&mut self, i: usize, column: &str) -> SystemTime {
+        match self.row.try_get::<i64, _>(i) {
+            Ok(ms) => system_time_from_millis(ms),
+            Err(e) => {
+                self.note(column, why(e));
+                SystemTime::UNIX_EPOCH
+            }
+        }
+    }
+
+    fn bytes(&mut self, i: usize, column: &str) -> Vec<u8> {
+        match self.row.try_get::<Vec<u8>, _>(i) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.note(column, why(e));
+                self.raw(i).unwrap_or_default()
+            }
+        }
+    }
+
+    fn key(&mut self, i: usize) -> Option<String> {
+        D::key_at(self.row, i).unwrap_or_else(|e| {
+            self.note("partition_key", why(e));
+            self.lossy(i)
+        })
+    }
+
+    fn headers(&mut self, i: usize) -> BTreeMap<String, String> {
+        let noted = self.problems.len();
+        let json = self.text(i, "headers");
+        if self.problems.len() > noted {
+            return BTreeMap::new();
+        }
+        parse_headers(&json).unwrap_or_else(|e| {
+            self.note("headers", format_args!("not a JSON object of strings: {e}"));
+            BTreeMap::new()
+        })
+    }
+
+    fn list(&mut self, i: usize, column: &str) -> Option<Vec<String>> {
+        D::list_at(self.row, i).unwrap_or_else(|e| {
+            self.note(column, why(e));
+            None
+        })
+    }
+
+    /// The event in the columns of
+    /// [`event_columns`](super::statements::event_columns). Fails only
+    /// when its id cannot be read.
+    fn event(&mut self) -> Result<StorageBox, sqlx::Error> {
+        Ok(StorageBox {
+            id: D::id_at(self.row, 0)?,
+            event_type: self.text(1, "event_type"),
+            version: self.count(2, "version"),
+            topic: self.text(3, "topic"),
+            partition_key: self.key(4),
+            payload: self.bytes(5, "payload"),
+            headers: self.headers(6),
+            created_at: self.time(7, "created_at"),
+            attempt: self.count(8, "attempts"),
+        })
+    }
+
+    /// What could not be read, if anything.
+    fn unreadable(self) -> Option<String> {
+        (!self.problems.is_empty()).then(|| self.problems.join("; "))
+    }
+
+    /// Log a row whose id cannot be read, with what is known of it.
+    fn skip(row: &'r RowOf<D>, error: sqlx::Error, what: &str) {
+        let read = Self::new(row);
+        tracing::error!(
+            id = ?read.lossy(0),
+            event_type = ?read.lossy(1),
+            topic = ?read.lossy(3),
+            error = %why(error),
+            "outbox: skipping {what} whose id cannot be read; an operator must repair or delete \
+             it"
+        );
+    }
+}
+
 /// The logic written once. Its one implementation states, once, what sqlx
 /// must offer for a database to run it, which every database the outbox
 /// supports does.
 pub(crate) trait Logic<D: Dialect> {
-    /// The event in the columns of
-    /// [`event_columns`](super::statements::event_columns).
-    fn event(row: &RowOf<D>) -> Result<StorageBox, sqlx::Error>;
     /// The claimed event in the columns of
-    /// [`claimed_columns`](super::statements::claimed_columns).
+    /// [`claimed_columns`](super::statements::claimed_columns), marked
+    /// [`unreadable`](ClaimedEvent::unreadable) when some column could not
+    /// be read. Fails only when its id cannot be read.
     fn claimed(row: &RowOf<D>) -> Result<ClaimedEvent, sqlx::Error>;
+    /// The claimed events of these rows, each read on its own: a row whose
+    /// id cannot be read is logged and left out.
+    fn claimed_rows(rows: &[RowOf<D>]) -> Vec<ClaimedEvent>;
+    /// The event ids of these dead-letter rows: one that cannot be read is
+    /// logged and left out.
+    fn ids(rows: &[RowOf<D>]) -> Vec<Uuid>;
     /// Run `statement` for `ids` (in as many statements as the dialect
     /// needs), fenced by `owner`. Returns how many rows changed.
     fn for_ids(
@@ -90,25 +267,40 @@ where
     for<'r> i32: Encode<'r, D::DB> + Decode<'r, D::DB> + Type<D::DB>,
     for<'r> i64: Encode<'r, D::DB> + Decode<'r, D::DB> + Type<D::DB>,
 {
-    fn event(row: &RowOf<D>) -> Result<StorageBox, sqlx::Error> {
-        Ok(storage_box(
-            D::id_at(row, 0)?,
-            row.try_get(1)?,
-            row.try_get(2)?,
-            row.try_get(3)?,
-            D::key_at(row, 4)?,
-            row.try_get(5)?,
-            row.try_get::<&str, _>(6)?,
-            row.try_get(7)?,
-            row.try_get(8)?,
-        ))
+    fn claimed(row: &RowOf<D>) -> Result<ClaimedEvent, sqlx::Error> {
+        let mut read = Read::<D>::new(row);
+        let event = read.event()?;
+        let delivered = read.list(9, "done").unwrap_or_default();
+        let only = read.list(10, "only_publishers");
+        let dead = read.list(11, "dead_publishers").unwrap_or_default();
+        let claimed = ClaimedEvent::new(event)
+            .with_delivered(legacy::delivered(delivered))
+            .with_only(legacy::only(only))
+            .with_dead(dead);
+        Ok(match read.unreadable() {
+            Some(reason) => claimed.with_unreadable(reason),
+            None => claimed,
+        })
     }
 
-    fn claimed(row: &RowOf<D>) -> Result<ClaimedEvent, sqlx::Error> {
-        Ok(ClaimedEvent::new(Self::event(row)?)
-            .with_delivered(legacy::delivered(D::list_at(row, 9)?.unwrap_or_default()))
-            .with_only(legacy::only(D::list_at(row, 10)?))
-            .with_dead(D::list_at(row, 11)?.unwrap_or_default()))
+    fn claimed_rows(rows: &[RowOf<D>]) -> Vec<ClaimedEvent> {
+        rows.iter()
+            .filter_map(|row| {
+                Self::claimed(row)
+                    .map_err(|e| Read::<D>::skip(row, e, "a claimed event"))
+                    .ok()
+            })
+            .collect()
+    }
+
+    fn ids(rows: &[RowOf<D>]) -> Vec<Uuid> {
+        rows.iter()
+            .filter_map(|row| {
+                D::id_at(row, 0)
+                    .map_err(|e| Read::<D>::skip(row, e, "a dead letter"))
+                    .ok()
+            })
+            .collect()
     }
 
     async fn for_ids(
@@ -207,14 +399,25 @@ where
             .fetch_all(&self.pool)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let event = Self::event(&row)?;
+        for row in &rows {
+            let mut read = Read::<D>::new(row);
+            let event = match read.event() {
+                Ok(event) => event,
+                Err(e) => {
+                    Read::<D>::skip(row, e, "a dead letter");
+                    continue;
+                }
+            };
+            let publisher = read.text(9, "publisher");
+            let error = read.text(10, "error");
+            let failed_at = read.time(11, "failed_at");
             out.push(DeadLetter {
                 attempts: event.attempt,
                 event,
-                publisher: row.try_get(9)?,
-                error: row.try_get(10)?,
-                failed_at: system_time_from_millis(row.try_get(11)?),
+                publisher,
+                error,
+                failed_at,
+                unreadable: read.unreadable(),
             });
         }
         Ok(out)
@@ -231,15 +434,13 @@ where
             Some([]) => return Ok(0),
             Some(filter) => {
                 for chunk in filter.chunks(per_statement) {
-                    for row in self.sql.dead_ids.query(chunk).fetch_all(&mut *tx).await? {
-                        ids.push(D::id_at(&row, 0)?);
-                    }
+                    let rows = self.sql.dead_ids.query(chunk).fetch_all(&mut *tx).await?;
+                    ids.extend(Self::ids(&rows));
                 }
             }
             None => {
-                for row in query(&self.sql.all_dead_ids).fetch_all(&mut *tx).await? {
-                    ids.push(D::id_at(&row, 0)?);
-                }
+                let rows = query(&self.sql.all_dead_ids).fetch_all(&mut *tx).await?;
+                ids.extend(Self::ids(&rows));
             }
         }
         let mut requeued = 0;

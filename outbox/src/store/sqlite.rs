@@ -114,7 +114,7 @@ impl Dialect for SqliteDialect {
         row.try_get(i)
     }
     fn list_at(row: &SqliteRow, i: usize) -> Result<Option<Vec<String>>, sqlx::Error> {
-        Ok(parse_json_list(row.try_get::<Option<&str>, _>(i)?))
+        parse_json_list(row.try_get::<Option<&str>, _>(i)?)
     }
     fn rows_affected(result: &SqliteQueryResult) -> u64 {
         result.rows_affected()
@@ -137,10 +137,7 @@ impl Dialect for SqliteDialect {
                 .await?)
         })
         .await?;
-        let mut events = rows
-            .iter()
-            .map(Store::<Self>::claimed)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut events = Store::<Self>::claimed_rows(&rows);
         events.sort_by_key(|e| e.event.id);
         Ok(events)
     }

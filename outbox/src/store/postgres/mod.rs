@@ -157,10 +157,7 @@ impl Dialect for PgDialect {
                 .bind(window)
                 .fetch_all(pool)
                 .await?;
-            Ok(rows
-                .iter()
-                .map(Store::<Self>::claimed)
-                .collect::<Result<_, _>>()?)
+            Ok(Store::<Self>::claimed_rows(&rows))
         })
         .await
     }
