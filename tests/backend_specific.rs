@@ -136,6 +136,126 @@ async fn mysql_a_key_cut_mid_character_is_dead_lettered_and_the_others_go_on() {
     one_unreadable_row_stops_nothing(Backend::MySql, spoil, &["partition_key", "headers"]).await;
 }
 
+// ---- A database clock hours behind this host's (PostgreSQL, MySQL/MariaDB;
+// SQLite's clock is this host's). ----
+
+/// Dead letters `old` and `recent` failed 2 h and 30 min ago on a database
+/// clock 3 h behind this host's, seen through `source`: the Runner's
+/// retention of 1 h purges the old one only. Measured on this host's clock
+/// (a cutoff 2 h after the database's "now"), it purged both.
+async fn retention_is_measured_on_the_database_clock(
+    source: std::sync::Arc<dyn outbox::Source>,
+    old: Uuid,
+    recent: Uuid,
+) {
+    assert_eq!(source.dead_letters(10).await.unwrap().len(), 2);
+    let hour = Duration::from_secs(3600);
+    assert_eq!(source.purge_dead_letters_older_than(hour).await.unwrap(), 1);
+    let left = source.dead_letters(10).await.unwrap();
+    let left: Vec<Uuid> = left.iter().map(|d| d.event.id).collect();
+    assert_eq!(left, vec![recent], "old: {old}");
+}
+
+/// `INSERT` of a dead letter of `id` that failed `failed_at`.
+fn dead_letter(id: &str, failed_at: &str) -> String {
+    format!(
+        "INSERT INTO outbox_dead_letters (event_id, publisher, event_type, version, topic, \
+           payload, headers, created_at, attempts, error, failed_at) \
+         VALUES ({id}, 'sink', 'test.e', 1, 'test.e', 'x', '{{}}', {failed_at}, 1, 'refused', \
+           {failed_at})"
+    )
+}
+
+#[tokio::test]
+async fn postgres_retention_is_measured_on_the_database_clock() {
+    use sqlx::postgres::PgPoolOptions;
+
+    let db = TestDb::new(Backend::Postgres, "pg_retention_clock").await;
+    let TestDb::Pg { schema, .. } = &db else {
+        unreachable!()
+    };
+    // A clock 3 h behind: `now()` of this schema, found before pg_catalog's.
+    db.exec(&format!(
+        "CREATE FUNCTION \"{schema}\".now() RETURNS timestamptz LANGUAGE sql STABLE \
+         AS $$ SELECT pg_catalog.now() - interval '3 hours' $$"
+    ))
+    .await;
+    let path = format!("SET search_path TO \"{schema}\", pg_catalog");
+    let behind = PgPoolOptions::new()
+        .max_connections(2)
+        .after_connect(move |conn, _| {
+            let path = path.clone();
+            Box::pin(async move {
+                sqlx::query(sqlx::AssertSqlSafe(path)).execute(conn).await?;
+                Ok(())
+            })
+        })
+        .connect(&outbox_tests::pg_url())
+        .await
+        .unwrap();
+    let skew: f64 =
+        sqlx::query_scalar("SELECT extract(epoch FROM pg_catalog.now() - now())::float8")
+            .fetch_one(&behind)
+            .await
+            .unwrap();
+    assert!((skew - 10800.0).abs() < 1.0, "the clock is {skew} s behind");
+    let (old, recent) = (Uuid::now_v7(), Uuid::now_v7());
+    for (id, ago) in [(old, "2 hours"), (recent, "30 minutes")] {
+        let insert = dead_letter(&format!("'{id}'"), &format!("now() - interval '{ago}'"));
+        sqlx::query(sqlx::AssertSqlSafe(insert))
+            .execute(&behind)
+            .await
+            .unwrap();
+    }
+    let source = outbox::source(behind.clone(), &db.tables());
+    retention_is_measured_on_the_database_clock(source, old, recent).await;
+    behind.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn mysql_retention_is_measured_on_the_database_clock() {
+    use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+
+    let db = TestDb::new(Backend::MySql, "mysql_retention_clock").await;
+    let TestDb::MySql { database, .. } = &db else {
+        unreachable!()
+    };
+    let options: MySqlConnectOptions = outbox_tests::mysql_url().parse().unwrap();
+    // A session clock 3 h behind (`SET timestamp` moves UTC_TIMESTAMP too).
+    let behind = MySqlPoolOptions::new()
+        .max_connections(2)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query("SET timestamp = UNIX_TIMESTAMP() - 10800")
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(options.database(database))
+        .await
+        .unwrap();
+    let skew: i64 =
+        sqlx::query_scalar("SELECT CAST(TIMESTAMPDIFF(SECOND, NOW(), SYSDATE()) AS SIGNED)")
+            .fetch_one(&behind)
+            .await
+            .unwrap();
+    assert!((skew - 10800).abs() <= 1, "the clock is {skew} s behind");
+    let (old, recent) = (Uuid::now_v7(), Uuid::now_v7());
+    for (id, ago) in [(old, "2 HOUR"), (recent, "30 MINUTE")] {
+        let insert = dead_letter("?", &format!("UTC_TIMESTAMP(3) - INTERVAL {ago}"));
+        sqlx::query(sqlx::AssertSqlSafe(insert))
+            .bind(id)
+            .execute(&behind)
+            .await
+            .unwrap();
+    }
+    let source = outbox::source(behind.clone(), &db.tables());
+    retention_is_measured_on_the_database_clock(source, old, recent).await;
+    behind.close().await;
+    db.cleanup().await;
+}
 // ---- MySQL/MariaDB only. ----
 
 /// Leases and timestamps use the server's UTC clock: a session `time_zone`

@@ -29,6 +29,7 @@ on_every_backend!(
     retry_waits_for_its_delay,
     retrying_dead_letters_leaves_waiting_events_alone,
     dead_letters_of_many_events_are_retried_at_once,
+    dead_letters_older_than_an_age_are_purged_on_the_database_clock,
 );
 
 async fn enqueue_raw(db: &TestDb, events: &[NewEvent]) {
@@ -701,5 +702,95 @@ async fn dead_letters_of_many_events_are_retried_at_once(backend: Backend) {
     }
     assert_eq!(source.ack(owner, &again).await.unwrap(), EVENTS as u64);
     assert_eq!(db.pending().await, 0);
+    db.cleanup().await;
+}
+
+/// Set when a dead letter failed to `ago` before now, on the database's
+/// clock.
+async fn failed_ago(db: &TestDb, backend: Backend, id: Uuid, ago: Duration) {
+    let (secs, ms) = (ago.as_secs(), ago.as_millis());
+    let (failed_at, event) = match backend {
+        Backend::Postgres => (
+            format!("now() - interval '{secs} seconds'"),
+            format!("'{id}'"),
+        ),
+        Backend::Sqlite => (
+            format!("CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) - {ms}"),
+            format!("'{id}'"),
+        ),
+        Backend::MySql => (
+            format!("UTC_TIMESTAMP(3) - INTERVAL {secs} SECOND"),
+            format!("UNHEX('{}')", id.simple()),
+        ),
+    };
+    let sql =
+        format!("UPDATE outbox_dead_letters SET failed_at = {failed_at} WHERE event_id = {event}");
+    assert_eq!(db.exec(&sql).await, 1);
+}
+
+/// The Runner's retention purges the dead letters that failed longer than
+/// an age ago on the database's clock (every other time of the outbox is on
+/// it), and the parked events they held back, so their keys move on.
+async fn dead_letters_older_than_an_age_are_purged_on_the_database_clock(backend: Backend) {
+    let db = TestDb::new(backend, "purge_older").await;
+    let events = [
+        NewEvent::new("test.e", "old").partition_key("k"),
+        NewEvent::new("test.e", "recent"),
+        NewEvent::new("test.e", "behind old").partition_key("k"),
+    ];
+    enqueue_raw(&db, &events).await;
+    let source = db.source();
+    let owner = Uuid::now_v7();
+    let claimed = source.claim(owner, 10, LEASE).await.unwrap();
+    assert_eq!(sorted_ids(&claimed), vec![events[0].id, events[1].id]);
+    let dead = || {
+        vec![Failure {
+            publisher: "sink".into(),
+            error: "refused".into(),
+        }]
+    };
+    let park = Outcome::Park {
+        error: "sink: refused".into(),
+    };
+    let settlements = [
+        Settlement::new(events[0].id, park).with_dead_letters(dead()),
+        Settlement::finish(events[1].id).with_dead_letters(dead()),
+    ];
+    for settlement in &settlements {
+        assert!(source.settle(owner, settlement).await.unwrap());
+    }
+    failed_ago(&db, backend, events[0].id, Duration::from_secs(2 * 3600)).await;
+    failed_ago(&db, backend, events[1].id, Duration::from_secs(30 * 60)).await;
+
+    let hour = Duration::from_secs(3600);
+    assert_eq!(source.purge_dead_letters_older_than(hour).await.unwrap(), 1);
+    let left = source.dead_letters(10).await.unwrap();
+    let left: Vec<Uuid> = left.iter().map(|d| d.event.id).collect();
+    assert_eq!(
+        left,
+        vec![events[1].id],
+        "not exactly the old one was purged"
+    );
+    let next = source.claim(owner, 10, LEASE).await.unwrap();
+    assert_eq!(
+        sorted_ids(&next),
+        vec![events[2].id],
+        "the purged dead letter's parked event still holds its key"
+    );
+    assert_eq!(source.purge_dead_letters_older_than(hour).await.unwrap(), 0);
+    assert_eq!(
+        source
+            .purge_dead_letters_older_than(Duration::MAX)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        source
+            .purge_dead_letters_older_than(Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
     db.cleanup().await;
 }

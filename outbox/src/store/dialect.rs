@@ -71,6 +71,9 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     }
     /// `NOW` plus the delay in parameter `param` (bound with [`delay`](Self::delay)).
     fn after(param: &str) -> String;
+    /// `NOW` minus the delay in parameter `param` (bound with
+    /// [`delay`](Self::delay)).
+    fn ago(param: &str) -> String;
     /// The time in parameter `param` (bound with [`instant`](Self::instant)).
     fn time(param: &str) -> String;
     /// `IN (…)` for `n` ids from parameter 1 on (bound with
@@ -106,7 +109,7 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     type Id: Bind<Self::DB>;
     type List: Bind<Self::DB>;
     /// A delay or a point in time.
-    type Time: Bind<Self::DB>;
+    type Time: Bind<Self::DB> + Copy;
     /// A column (publishers, errors) of the dead letters one statement
     /// writes: an array of them, or the one.
     type Column: Bind<Self::DB>;

@@ -184,6 +184,9 @@ impl Dialect for MySqlDialect {
     fn after(param: &str) -> String {
         format!("{NOW} + INTERVAL {param} MICROSECOND")
     }
+    fn ago(param: &str) -> String {
+        format!("{NOW} - INTERVAL {param} MICROSECOND")
+    }
     fn time(param: &str) -> String {
         format!("TIMESTAMP'1970-01-01 00:00:00' + INTERVAL {param} MICROSECOND")
     }

@@ -11,7 +11,7 @@ use sqlx::{Pool, Type};
 use uuid::Uuid;
 
 use super::dialect::{Dialect, query};
-use super::statements::{Statements, WithIds};
+use super::statements::{Purge, Statements, WithIds};
 use super::{DeadLetter, Source, legacy, system_time_from_millis};
 use crate::delivery::{ClaimedEvent, Failure, Outcome, Settlement};
 use crate::event::{StorageBox, parse_headers};
@@ -33,6 +33,13 @@ impl<D: Dialect> Store<D> {
         }
     }
 }
+
+/// The longest age [`purge_dead_letters_older_than`] measures: longer ones
+/// would take the cutoff out of some databases' time range (and nothing
+/// failed so long ago).
+///
+/// [`purge_dead_letters_older_than`]: Source::purge_dead_letters_older_than
+const OLDEST: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 type RowOf<D> = <<D as Dialect>::DB as Database>::Row;
 
@@ -250,9 +257,12 @@ pub(crate) trait Logic<D: Dialect> {
         &self,
         event_ids: Option<&[Uuid]>,
     ) -> impl Future<Output = Result<u64, Error>> + Send;
-    fn purge_dead_letters(
+    /// Delete the dead letters that failed before `cutoff`, as `purge`
+    /// states it, and the parked events they held back.
+    fn purge(
         &self,
-        before: SystemTime,
+        purge: &Purge,
+        cutoff: D::Time,
     ) -> impl Future<Output = Result<u64, Error>> + Send;
 }
 
@@ -454,16 +464,10 @@ where
         Ok(requeued)
     }
 
-    async fn purge_dead_letters(&self, before: SystemTime) -> Result<u64, Error> {
+    async fn purge(&self, purge: &Purge, cutoff: D::Time) -> Result<u64, Error> {
         let mut tx = self.pool.begin().await?;
-        query(&self.sql.drop_parked)
-            .bind(D::instant(before))
-            .execute(&mut *tx)
-            .await?;
-        let done = query(&self.sql.purge_dead)
-            .bind(D::instant(before))
-            .execute(&mut *tx)
-            .await?;
+        query(&purge.parked).bind(cutoff).execute(&mut *tx).await?;
+        let done = query(&purge.dead).bind(cutoff).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(D::rows_affected(&done))
     }
@@ -527,6 +531,13 @@ where
 
     async fn purge_dead_letters(&self, before: SystemTime) -> Result<u64, Error> {
         self.dialect.ready(&self.pool).await?;
-        Logic::purge_dead_letters(self, before).await
+        self.purge(&self.sql.purge_before, D::instant(before)).await
+    }
+
+    /// The cutoff is taken on the database's clock, in the statement.
+    async fn purge_dead_letters_older_than(&self, age: Duration) -> Result<u64, Error> {
+        self.dialect.ready(&self.pool).await?;
+        self.purge(&self.sql.purge_older, D::delay(age.min(OLDEST)))
+            .await
     }
 }

@@ -63,6 +63,9 @@ impl Dialect for SqliteDialect {
     fn after(param: &str) -> String {
         format!("{NOW} + {param}")
     }
+    fn ago(param: &str) -> String {
+        format!("{NOW} - {param}")
+    }
     fn time(param: &str) -> String {
         param.to_owned()
     }

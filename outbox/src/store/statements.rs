@@ -128,8 +128,30 @@ pub(crate) struct Statements<D> {
     pub(crate) unpark: WithIds<D>,
     pub(crate) requeue: WithIds<D>,
     pub(crate) delete_dead: WithIds<D>,
-    pub(crate) drop_parked: Arc<str>,
-    pub(crate) purge_dead: Arc<str>,
+    /// Purge the dead letters that failed before a point in time.
+    pub(crate) purge_before: Purge,
+    /// Purge those that failed longer than a delay ago.
+    pub(crate) purge_older: Purge,
+}
+
+/// Delete the dead letters that failed before a cutoff (parameter 1), and
+/// first the parked events they held back, so that their keys move on.
+pub(crate) struct Purge {
+    pub(crate) parked: Arc<str>,
+    pub(crate) dead: Arc<str>,
+}
+
+impl Purge {
+    fn new(ev: &str, dl: &str, parked: &str, cutoff: &str) -> Self {
+        Self {
+            parked: format!(
+                "DELETE FROM {ev} WHERE due_at = {parked} AND id IN ( \
+                   SELECT event_id FROM {dl} WHERE failed_at < {cutoff})"
+            )
+            .into(),
+            dead: format!("DELETE FROM {dl} WHERE failed_at < {cutoff}").into(),
+        }
+    }
 }
 
 impl<D: Dialect> Statements<D> {
@@ -239,13 +261,8 @@ impl<D: Dialect> Statements<D> {
                 "id",
             )),
             delete_dead: WithIds::new(&format!("DELETE FROM {dl} WHERE event_id {IDS}")),
-            drop_parked: format!(
-                "DELETE FROM {ev} WHERE due_at = {parked} AND id IN ( \
-                   SELECT event_id FROM {dl} WHERE failed_at < {})",
-                D::time(&p(1))
-            )
-            .into(),
-            purge_dead: format!("DELETE FROM {dl} WHERE failed_at < {}", D::time(&p(1))).into(),
+            purge_before: Purge::new(&ev, &dl, parked, &D::time(&p(1))),
+            purge_older: Purge::new(&ev, &dl, parked, &D::ago(&p(1))),
         }
     }
 }

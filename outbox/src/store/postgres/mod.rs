@@ -76,6 +76,9 @@ impl Dialect for PgDialect {
     fn after(param: &str) -> String {
         format!("now() + {param}::float8 * interval '1 millisecond'")
     }
+    fn ago(param: &str) -> String {
+        format!("now() - {param}::float8 * interval '1 millisecond'")
+    }
     fn time(param: &str) -> String {
         format!("to_timestamp({param}::float8 / 1000.0)")
     }
