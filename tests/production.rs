@@ -182,6 +182,71 @@ async fn a_commit_wakes_an_idle_runner_without_waiting_for_the_poll() {
     db.cleanup().await;
 }
 
+/// The listener had taken one of the application's pool connections for
+/// good: with a pool of two, two producers each holding a transaction timed
+/// out waiting for a connection. It has its own connection now; the Runner
+/// still takes the pool's for its claims and acks, between the producers'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_holds_none_of_the_applications_pool_connections() {
+    use outbox_tests::fixtures::{ORDER, order};
+
+    let db = TestDb::new(Backend::Postgres, "listener_pool").await;
+    let (_, schema) = pg(&db);
+    let set_path = format!("SET search_path TO \"{schema}\"");
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(2))
+        .after_connect(move |conn, _| {
+            let set_path = set_path.clone();
+            Box::pin(async move {
+                sqlx::query(AssertSqlSafe(set_path)).execute(conn).await?;
+                Ok(())
+            })
+        })
+        .connect(&pg_url())
+        .await
+        .unwrap();
+    let tables = db.tables();
+    let rec = Recorder::new("rec", &[ORDER]);
+    let runner = outbox::Runner::builder(pool.clone())
+        .tables(tables.clone())
+        .without_registered()
+        .publisher(rec.clone())
+        .listen(true)
+        .poll_interval(Duration::from_secs(60))
+        .backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .shutdown(std::future::pending())
+        .build()
+        .unwrap();
+    let task = tokio::spawn(runner.run());
+    // Let it reach its idle wait, listening.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for round in 0..5 {
+        let mut first = pool.begin().await.expect("a producer timed out");
+        let mut second = pool
+            .begin()
+            .await
+            .expect("the second producer timed out: the pool is one connection short");
+        tables.enqueue(&mut first, &order(2 * round)).await.unwrap();
+        tables
+            .enqueue(&mut second, &order(2 * round + 1))
+            .await
+            .unwrap();
+        first.commit().await.unwrap();
+        second.commit().await.unwrap();
+        let published = 2 * (round as usize + 1);
+        assert!(
+            published_within(&rec, published, Duration::from_secs(10)).await,
+            "{} of {published} published: no wake-up",
+            rec.calls().len()
+        );
+    }
+    task.abort();
+    let _ = task.await;
+    pool.close().await;
+    db.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_only_mode_publishes_without_listening() {
     let db = TestDb::new(Backend::Postgres, "poll_only").await;

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool};
+use std::sync::OnceLock;
+
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
 use crate::Tables;
 
@@ -63,9 +65,13 @@ pub(super) fn trigger(tables: &Tables, ev: &str) -> [String; 3] {
 }
 
 /// The Source's end of the channel: one listening connection, opened on
-/// the first wait.
+/// the first wait. It is the listener's own, outside the application's
+/// pool (a pool of one, built from that pool's connect options, that only
+/// reconnects it): held for good, a connection of that pool would be one
+/// fewer for the producers, and with a small pool they timed out.
 pub(super) struct Listener {
     channel: String,
+    own: OnceLock<PgPool>,
     listener: tokio::sync::Mutex<Option<PgListener>>,
 }
 
@@ -73,15 +79,40 @@ impl Listener {
     pub(super) fn new(tables: &Tables) -> Self {
         Self {
             channel: channel(tables),
+            own: OnceLock::new(),
             listener: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// The listener's pool of one connection, to the server of `pool`.
+    fn own(&self, pool: &PgPool) -> &PgPool {
+        self.own.get_or_init(|| {
+            PgPoolOptions::new()
+                .max_connections(1)
+                .min_connections(0)
+                .max_lifetime(None)
+                .idle_timeout(None)
+                .acquire_timeout(pool.options().get_acquire_timeout())
+                .connect_lazy_with((*pool.connect_options()).clone())
+        })
     }
 
     /// [`Source::wait_for_events`](crate::Source::wait_for_events).
     pub(super) async fn wait(&self, pool: &PgPool, timeout: Duration) {
         let mut guard = self.listener.lock().await;
+        if pool.is_closed() {
+            // The application closed its pool: let the listening connection
+            // go too.
+            guard.take();
+            if let Some(own) = self.own.get() {
+                own.close().await;
+            }
+            drop(guard);
+            tokio::time::sleep(timeout).await;
+            return;
+        }
         let Some(listener) = guard.as_mut() else {
-            match PgListener::connect_with(pool).await {
+            match PgListener::connect_with(self.own(pool)).await {
                 Ok(mut listener) => match listener.listen(&self.channel).await {
                     Ok(()) => {
                         tracing::debug!(channel = %self.channel, "outbox: listening");
