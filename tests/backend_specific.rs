@@ -308,6 +308,44 @@ async fn mysql_clock_ignores_the_session_time_zone() {
     db.cleanup().await;
 }
 
+/// An event larger than the server's `max_allowed_packet` failed with
+/// "Connection reset by peer" (or a bare error 1153), which says nothing of
+/// the limit's value or how to raise it: the error names the setting, its
+/// value and the statement to raise it. Just over the limit, MariaDB
+/// answers 1153; at 100 MiB it resets the connection while the statement is
+/// sent.
+#[tokio::test]
+async fn mysql_a_payload_over_max_allowed_packet_names_the_setting() {
+    let db = TestDb::new(Backend::MySql, "mysql_packet").await;
+    let max = db
+        .scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")
+        .await;
+    let max = usize::try_from(max).unwrap();
+    for size in [max + (1 << 20), (max + (1 << 20)).max(100 << 20)] {
+        let payload = vec![b'x'; size];
+        let mut tx = db.begin().await;
+        let error = tx
+            .try_enqueue_raw(&[outbox::NewEvent::new("test.e", payload)])
+            .await
+            .expect_err("a payload over max_allowed_packet was enqueued");
+        drop(tx);
+        let message = error.to_string();
+        for part in [
+            "max_allowed_packet (",
+            &format!("{max} bytes"),
+            "SET GLOBAL max_allowed_packet = ",
+        ] {
+            assert!(message.contains(part), "{part:?} is not in: {message}");
+        }
+    }
+    assert_eq!(db.pending().await, 0);
+    let mut tx = db.begin().await;
+    tx.enqueue(&order(1)).await;
+    tx.commit().await;
+    assert_eq!(db.pending().await, 1, "the pool was left broken");
+    db.cleanup().await;
+}
+
 /// Concurrent migrations queue on a server-wide named lock (the same name in
 /// every process), so no two run their DDL at once.
 #[tokio::test]

@@ -16,15 +16,18 @@
 //!   other backends.
 //! - payloads are `LONGBLOB`; one event must fit the server's
 //!   `max_allowed_packet` (16 MiB on MariaDB, 64 MiB on MySQL 8 by default;
-//!   `migrate` warns when it is lower).
+//!   `migrate` warns when it is lower). The server refuses a larger
+//!   statement and closes the connection (error 1153, or a reset): the
+//!   enqueue's error then names the setting, its value and how to raise it.
 //!
 //! A binary log in `STATEMENT` format refuses writes under READ COMMITTED:
 //! use `ROW` or `MIXED`, the defaults.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlQueryResult, MySqlRow};
+use sqlx::mysql::{MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlQueryResult, MySqlRow};
 use sqlx::{AssertSqlSafe, MySql, Row};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
@@ -55,6 +58,63 @@ const MAX_DATETIME_MICROS: i64 = 253_402_300_799_999_999;
 /// below `max_allowed_packet` and the 65 535 placeholders of a statement.
 const MAX_ROWS: usize = 500;
 const MAX_INSERT_BYTES: usize = 4 << 20;
+
+/// The server's `max_allowed_packet` as `migrate` last read it in this
+/// process (0: not read), for the error of an enqueue that exceeds it.
+static MAX_ALLOWED_PACKET: AtomicU64 = AtomicU64::new(0);
+
+/// The server's error for a packet over `max_allowed_packet`
+/// (`ER_NET_PACKET_TOO_LARGE`); it closes the connection after it.
+const ER_NET_PACKET_TOO_LARGE: u16 = 1153;
+
+/// A statement of at least this many bytes whose connection broke was most
+/// likely refused for its size (unless `max_allowed_packet` is known to be
+/// more than twice as large).
+const LARGE_STATEMENT: usize = 1 << 20;
+
+/// An insert of `bytes` that failed with `error`: when the server refused it
+/// for exceeding `max_allowed_packet` (its error 1153, or, as it then closes
+/// the connection, a connection reset or broken pipe while a large
+/// statement was sent), an error that says so, with the limit and how to
+/// raise it. Other errors as they are.
+fn packet_error(error: sqlx::Error, bytes: usize) -> Error {
+    let limit = MAX_ALLOWED_PACKET.load(Ordering::Relaxed);
+    let (kind, surely) = match &error {
+        sqlx::Error::Database(db)
+            if db
+                .try_downcast_ref::<MySqlDatabaseError>()
+                .is_some_and(|e| e.number() == ER_NET_PACKET_TOO_LARGE) =>
+        {
+            (std::io::ErrorKind::ConnectionAborted, "")
+        }
+        sqlx::Error::Io(io)
+            if bytes >= LARGE_STATEMENT && (limit == 0 || bytes as u64 > limit / 2) =>
+        {
+            (io.kind(), "most likely ")
+        }
+        _ => return error.into(),
+    };
+    let known = match limit {
+        0 => "its value was not read in this process: SELECT @@max_allowed_packet".to_owned(),
+        limit => format!("{limit} bytes when migrate read it"),
+    };
+    // The server takes at most 1 GiB.
+    let raise = match (bytes as u64).saturating_mul(2).next_power_of_two() {
+        n if n > 1 << 30 => "no setting takes it (1 GiB at most): keep events smaller".to_owned(),
+        n => format!(
+            "raise it on the server (SET GLOBAL max_allowed_packet = {}, which new connections \
+             get, and in the server's configuration file to keep it), or keep events smaller",
+            n.max(64 << 20)
+        ),
+    };
+    let message = format!(
+        "the statement enqueuing {bytes} bytes of events is {surely}larger than the MySQL \
+         server's max_allowed_packet ({known}): the server refused it and closed the \
+         connection, so this transaction is lost. {raise} (Tables::max_payload refuses larger \
+         ones at enqueue, before any statement) [{error}]"
+    );
+    sqlx::Error::Io(std::io::Error::new(kind, message)).into()
+}
 
 /// Microseconds for `INTERVAL ? MICROSECOND`, at the millisecond precision
 /// of the other backends.
@@ -346,7 +406,9 @@ async fn enqueue(
                created_at, due_at, done) VALUES {}",
             vec![row.as_str(); batch.len()].join(", ")
         );
+        let sql_len = sql.len();
         let mut insert = sqlx::query(AssertSqlSafe(sql));
+        let mut bytes = sql_len;
         for e in batch {
             insert = insert
                 .bind(e.id)
@@ -356,8 +418,18 @@ async fn enqueue(
                 .bind(e.partition_key.as_deref().map(str::as_bytes))
                 .bind(&e.payload)
                 .bind(e.headers_json());
+            bytes += e.payload.len()
+                + e.event_type.len()
+                + e.topic.len()
+                + e.partition_key.as_ref().map_or(0, String::len)
+                + e.headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
         }
-        insert.execute(&mut *conn).await?;
+        if let Err(error) = insert.execute(&mut *conn).await {
+            return Err(packet_error(error, bytes));
+        }
     }
     Ok(())
 }
@@ -375,6 +447,7 @@ async fn migrate(pool: &MySqlPool, tables: &Tables) -> Result<(), Error> {
     let max_packet: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")
         .fetch_one(&mut *conn)
         .await?;
+    MAX_ALLOWED_PACKET.store(u64::try_from(max_packet).unwrap_or(0), Ordering::Relaxed);
     if max_packet < 16 << 20 {
         tracing::warn!(
             max_allowed_packet = max_packet,
