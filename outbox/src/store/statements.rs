@@ -49,9 +49,9 @@ pub(crate) fn in_window<D: Dialect>(ev: &str, window: &str, max_id: &str) -> Str
     )
 }
 
-/// The columns of an event as [`event`](super::shared::Logic::event) reads
-/// them, from `a.id_column` and the other columns of alias `a` (`a` may be
-/// empty, or `e.`).
+/// The columns of an event as the store reads them (`Read::event` in
+/// [`shared`](super::shared)), from `a.id_column` and the other columns of
+/// alias `a` (`a` may be empty, or `e.`).
 pub(crate) fn event_columns<D: Dialect>(a: &str, id_column: &str) -> String {
     format!(
         "{a}{id_column}, {a}event_type, {a}version, {a}topic, {a}partition_key, {a}payload, \

@@ -1,9 +1,8 @@
 //! The wake-up: a trigger notifies a channel when events are committed, and
 //! the Source listens on it between claims.
 
-use std::time::Duration;
-
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
