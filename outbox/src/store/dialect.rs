@@ -12,7 +12,8 @@ use sqlx::{AssertSqlSafe, Database, Encode, Executor, IntoArguments, Pool, Type}
 use uuid::Uuid;
 
 use crate::delivery::ClaimedEvent;
-use crate::{Error, Tables};
+use crate::error::Error;
+use crate::tables::Tables;
 
 /// A query on database `DB`, as every store builds them.
 pub(crate) type Query<DB> = sqlx::query::Query<'static, DB, <DB as Database>::Arguments>;

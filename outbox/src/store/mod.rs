@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::delivery::{ClaimedEvent, Settlement};
+use crate::error::Error;
 use crate::event::StorageBox;
-use crate::{Error, Tables};
+use crate::tables::Tables;
 
 /// A database's [`Sealed`](sealed::Sealed) impl, in its module: that
 /// module's `enqueue` and `migrate`, and a [`Store`](shared::Store) of its
@@ -197,8 +198,10 @@ pub(crate) mod sealed {
 
     use futures_util::future::BoxFuture;
 
+    use crate::error::Error;
     use crate::event::NewEvent;
-    use crate::{Error, Source, Tables};
+    use crate::store::Source;
+    use crate::tables::Tables;
 
     /// What each database supplies: its enqueue, migrate and Source. Sealed,
     /// so that these stay internal and can change between releases.

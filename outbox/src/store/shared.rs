@@ -14,8 +14,9 @@ use super::dialect::{Dialect, query};
 use super::statements::{Purge, Statements, WithIds};
 use super::{DeadLetter, Source, legacy, system_time_from_millis};
 use crate::delivery::{ClaimedEvent, Failure, Outcome, Settlement};
+use crate::error::Error;
 use crate::event::{StorageBox, parse_headers};
-use crate::{Error, Tables};
+use crate::tables::Tables;
 
 /// The events and dead letters of one pair of tables in one database.
 pub(crate) struct Store<D: Dialect> {

@@ -14,8 +14,9 @@ use super::shared::{Logic, Store};
 use super::statements::{claimable, claimed_columns, in_window};
 use super::{claim_in_window, duration_millis, json_list, millis_since_epoch, parse_json_list};
 use crate::delivery::ClaimedEvent;
+use crate::error::Error;
 use crate::event::NewEvent;
-use crate::{Error, Tables};
+use crate::tables::Tables;
 
 /// Milliseconds since the Unix epoch on the database's clock.
 const NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::dialect::{Dialect, Query, query};
-use crate::Tables;
+use crate::tables::Tables;
 
 /// The per-key head rule: the event has no partition key, or no event of
 /// its key matches `other` (on alias `p`, against the event's alias `e`).

@@ -20,8 +20,9 @@ use super::shared::{Logic, Store};
 use super::statements::{claimable, claimed_columns, in_window};
 use super::{claim_in_window, duration_millis, millis_since_epoch};
 use crate::delivery::ClaimedEvent;
+use crate::error::Error;
 use crate::event::NewEvent;
-use crate::{Error, Tables};
+use crate::tables::Tables;
 
 /// The dialect, and the state of the self-vacuum and the listener.
 pub(crate) struct PgDialect {

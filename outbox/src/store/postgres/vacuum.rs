@@ -8,7 +8,9 @@ use sqlx::postgres::PgPool;
 
 use crate::store::dialect::run_once;
 
-use crate::{Error, Tables};
+use crate::error::Error;
+
+use crate::tables::Tables;
 
 /// Acked events are deleted at the head of the queue, and until vacuum
 /// removes them every claim wades through their dead index entries. The

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
-use crate::Tables;
+use crate::tables::Tables;
 
 /// The NOTIFY channel of these tables: readable when it fits PostgreSQL's
 /// 63-byte limit, a hash otherwise.
