@@ -62,7 +62,12 @@ impl FaultProxy {
                     let (sr, sw) = server.into_split();
                     let up = pump(cr, sw, faults.clone());
                     let down = pump(sr, cw, faults.clone());
+                    // Biased: once cut, the connection never forwards another
+                    // byte, even when `up()` follows the cut at once (the
+                    // pumps would otherwise race to flush what a blackhole
+                    // held, and a "lost" message would reach the server).
                     tokio::select! {
+                        biased;
                         _ = cut.changed() => {}
                         _ = async { tokio::join!(up, down) } => {}
                     }
