@@ -256,6 +256,7 @@ async fn mysql_retention_is_measured_on_the_database_clock() {
     behind.close().await;
     db.cleanup().await;
 }
+
 // ---- MySQL/MariaDB only. ----
 
 /// Leases and timestamps use the server's UTC clock: a session `time_zone`
