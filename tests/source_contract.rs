@@ -17,6 +17,7 @@ use outbox_tests::{Backend, TestDb, on_every_backend};
 
 on_every_backend!(
     a_table_of_the_previous_release_is_upgraded_by_migrate,
+    a_held_event_does_not_use_up_its_attempts,
     expired_lease_fences_the_old_holder,
     a_renewed_lease_keeps_the_event_and_only_its_holder_renews,
     migrate_is_idempotent,
@@ -78,6 +79,32 @@ async fn a_table_of_the_previous_release_is_upgraded_by_migrate(backend: Backend
         audit.calls().iter().map(|c| c.id).collect::<Vec<_>>(),
         vec![id]
     );
+    db.cleanup().await;
+}
+
+/// An event held for want of a publisher is offered again and again, for as
+/// long as that publisher is missing: a hold gives back the attempt its
+/// claim counted, so the event never nears `max_attempts` (past which it
+/// would be dead-lettered as "outcomes not recorded") while it waits.
+async fn a_held_event_does_not_use_up_its_attempts(backend: Backend) {
+    let db = TestDb::new(backend, "hold_attempts").await;
+    let id = place(&db, 1).await;
+    let source = db.source();
+    let owner = outbox::Uuid::now_v7();
+    for _ in 0..5 {
+        let claimed = source.claim(owner, 10, LEASE).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].event.attempt, 1, "a hold counted an attempt");
+        let hold = outbox::Settlement::new(
+            id,
+            Outcome::Hold {
+                delay: Duration::ZERO,
+                reason: "no publisher".into(),
+            },
+        );
+        assert!(source.settle(owner, &hold).await.unwrap());
+    }
+    assert_eq!(db.pending().await, 1);
     db.cleanup().await;
 }
 
