@@ -277,6 +277,18 @@ impl TestDb {
             .shutdown(std::future::pending())
     }
 
+    /// Drain the outbox through this one publisher with [`runner`](Self::runner)'s
+    /// settings, and return the report.
+    pub async fn drain_with(&self, publisher: impl outbox::Publisher) -> outbox::RunReport {
+        self.runner()
+            .publisher(publisher)
+            .build()
+            .unwrap()
+            .drain()
+            .await
+            .unwrap()
+    }
+
     /// The Source, for dead-letter administration and store-level tests.
     pub fn source(&self) -> Arc<dyn Source> {
         self.source_for(&self.tables())

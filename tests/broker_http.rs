@@ -238,14 +238,7 @@ async fn structured_mode_carries_every_attribute_and_a_valid_signature() {
         .source("/shop/orders")
         .signing_secret(SECRET)
         .unwrap();
-    let report = db
-        .runner()
-        .publisher(hook)
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(hook).await;
     assert_eq!(report.published, 1);
 
     let requests = receiver.requests();
@@ -318,14 +311,7 @@ async fn binary_mode_sends_the_payload_and_ce_headers() {
         .mode(Mode::Binary)
         .signing_secret(SECRET)
         .unwrap();
-    let report = db
-        .runner()
-        .publisher(hook)
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(hook).await;
     assert_eq!(report.published, 1);
 
     let requests = receiver.requests();

@@ -126,14 +126,7 @@ async fn message_carries_id_metadata_and_payload() {
     enqueue(&db, std::slice::from_ref(&event)).await;
 
     let mqtt = MqttPublisher::connect(options(1883)).await.unwrap();
-    let report = db
-        .runner()
-        .publisher(mqtt)
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(mqtt).await;
     assert_eq!((report.published, report.dead_lettered), (1, 0));
 
     let m = subscriber.next().await;
@@ -234,14 +227,7 @@ async fn publish_event_from_own_publisher() {
         let mqtt = mqtt.clone();
         async move { mqtt.publish_event(cx.event()).await }
     });
-    let report = db
-        .runner()
-        .publisher(own)
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(own).await;
     assert_eq!(report.published, 1);
     let m = subscriber.next().await;
     assert_eq!(

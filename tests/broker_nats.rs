@@ -110,14 +110,7 @@ async fn message_carries_id_metadata_and_payload() {
     enqueue(&db, &event).await;
 
     let nats = JetStreamPublisher::new(stream.js.clone());
-    let report = db
-        .runner()
-        .publisher(nats)
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(nats).await;
     assert_eq!((report.published, report.dead_lettered), (1, 0));
 
     let messages = stream.messages().await;
@@ -184,14 +177,7 @@ async fn same_event_id_twice_is_stored_once_and_both_succeed() {
             Ok::<(), PublishError>(())
         }
     });
-    let report = db
-        .runner()
-        .publisher(own)
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(own).await;
     assert_eq!(
         (report.published, report.retried, report.dead_lettered),
         (1, 0, 0)

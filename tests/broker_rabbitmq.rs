@@ -200,14 +200,7 @@ async fn message_carries_id_headers_and_persistence() {
     tx.commit().await;
 
     let rabbit = RabbitPublisher::new(&amqp_uri(RABBIT), broker.exchange.as_str()).unwrap();
-    let report = db
-        .runner()
-        .publisher(rabbit)
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(rabbit).await;
     assert_eq!(report.published, 2);
     assert_eq!(report.retried, 0);
 
@@ -379,14 +372,7 @@ async fn unroutable_message_is_retried_never_acked_and_delivered_once_bound() {
     broker.bind().await;
     assert!(broker.take().await.is_empty());
     db.source().retry_dead_letters(Some(&[id])).await.unwrap();
-    let report = db
-        .runner()
-        .publisher(rabbit)
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(rabbit).await;
     assert_eq!(report.published, 1);
     assert_eq!(broker.take_ids().await, strings(&[id]));
     broker.cleanup().await;
@@ -441,14 +427,7 @@ async fn missing_exchange_is_transient_and_the_channel_recovers() {
         .await
         .unwrap();
     db.source().retry_dead_letters(Some(&[id])).await.unwrap();
-    let report = db
-        .runner()
-        .publisher(rabbit)
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(rabbit).await;
     assert_eq!(report.published, 1);
     assert_eq!(broker.take_ids().await, strings(&[id]));
     broker
@@ -567,14 +546,7 @@ async fn broker_outage_is_retried_and_delivered_after_up() {
 
     // Connected and delivering.
     let first = place(&db, 1).await;
-    let report = db
-        .runner()
-        .publisher(rabbit.clone())
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(rabbit.clone()).await;
     assert_eq!(report.published, 1);
     assert_eq!(broker.take_ids().await, strings(&[first]));
 

@@ -81,14 +81,7 @@ async fn entry_carries_id_metadata_and_payload() {
     enqueue(&db, std::slice::from_ref(&event)).await;
 
     let redis = RedisStreamPublisher::connect(REDIS).await.unwrap();
-    let report = db
-        .runner()
-        .publisher(redis)
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(redis).await;
     assert_eq!((report.published, report.dead_lettered), (1, 0));
 
     let stored = entries(&key).await;
@@ -155,14 +148,7 @@ async fn publish_event_from_own_publisher_in_key_order() {
         let redis = redis.clone();
         async move { redis.publish_event(cx.event()).await }
     });
-    let report = db
-        .runner()
-        .publisher(own)
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(own).await;
     assert_eq!(report.published, 3);
 
     let stored: Vec<String> = entries(&key)
@@ -193,14 +179,7 @@ async fn max_len_trims_the_stream() {
         .await
         .unwrap()
         .max_len(10);
-    let report = db
-        .runner()
-        .publisher(redis)
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(redis).await;
     assert_eq!(report.published, 300);
     let mut conn = direct().await;
     let len: usize = conn.xlen(&key).await.unwrap();
@@ -259,14 +238,7 @@ async fn oversized_payload_is_dead_lettered_at_once() {
         .await
         .unwrap()
         .max_payload(1024);
-    let report = db
-        .runner()
-        .publisher(redis)
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(redis).await;
     assert_eq!(report.dead_lettered, 1);
     let dead = db.source().dead_letters(10).await.unwrap();
     assert_eq!(dead[0].attempts, 1);

@@ -151,13 +151,7 @@ async fn several_runners_in_one_process_share_a_sqlite_outbox_safely() {
         r.await.unwrap().unwrap();
     }
     // A Runner may have returned before the last events landed.
-    db.runner()
-        .publisher(rec.clone())
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    db.drain_with(rec.clone()).await;
     let delivered: Vec<Item> = rec
         .calls()
         .iter()

@@ -627,13 +627,7 @@ async fn dead_letters_past_their_retention_are_purged_by_the_runner() {
     let mut producer = Producer::new(1);
     producer.produce(&db).await;
     let rec = Recorder::new("rec", &[ORDER_EVENT]).always(Answer::Permanent);
-    db.runner()
-        .publisher(rec.clone())
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    db.drain_with(rec.clone()).await;
     assert_eq!(db.source().dead_letters(10).await.unwrap().len(), 1);
     tokio::time::sleep(Duration::from_millis(50)).await;
     db.runner()

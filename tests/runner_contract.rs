@@ -76,14 +76,7 @@ async fn commit_publishes_and_rollback_never_does(backend: Backend) {
     tx.rollback().await;
 
     let rec = Recorder::new("rec", &[ORDER]);
-    let report = db
-        .runner()
-        .publisher(rec.clone())
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(rec.clone()).await;
     assert_eq!(report.published, 1);
     let keys: Vec<_> = rec.calls().into_iter().map(|c| c.key).collect();
     assert_eq!(keys, vec![Some("1".to_owned())]);
@@ -102,27 +95,13 @@ async fn uncommitted_event_is_invisible_until_commit(backend: Backend) {
         // SQLite has one writer: the open transaction blocks others, so a
         // Runner cannot run beside it there.
         let rec = Recorder::new("rec", &[ORDER]);
-        let report = db
-            .runner()
-            .publisher(rec.clone())
-            .build()
-            .unwrap()
-            .drain()
-            .await
-            .unwrap();
+        let report = db.drain_with(rec.clone()).await;
         assert_eq!(report.published, 0, "an uncommitted event was published");
     }
     tx.commit().await;
 
     let rec = Recorder::new("rec", &[ORDER]);
-    let report = db
-        .runner()
-        .publisher(rec.clone())
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(rec.clone()).await;
     assert_eq!(report.published, 1);
     db.cleanup().await;
 }
@@ -134,13 +113,7 @@ async fn publishers_see_the_enqueued_id(backend: Backend) {
     assert_eq!(a.get_version_num(), 7, "event ids are UUIDv7");
     assert!(a < b, "UUIDv7 ids grow in enqueue order");
     let rec = Recorder::new("rec", &[ORDER]);
-    db.runner()
-        .publisher(rec.clone())
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    db.drain_with(rec.clone()).await;
     let mut seen: Vec<_> = rec.calls().into_iter().map(|c| c.id).collect();
     seen.sort();
     assert_eq!(seen, vec![a, b]);
@@ -283,14 +256,7 @@ async fn undecodable_payload_is_dead_lettered_and_others_go_on(backend: Backend)
             Ok::<(), PublishError>(())
         }
     });
-    let report = db
-        .runner()
-        .publisher(typed)
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(typed).await;
     assert_eq!(
         *seen.lock().unwrap(),
         vec![order(9)],
@@ -315,14 +281,7 @@ async fn panicking_publisher_counts_as_a_failed_attempt(backend: Backend) {
     place(&db, 1).await;
     place(&db, 2).await;
     let rec = Recorder::new("rec", &[ORDER]).script([Answer::Panic]);
-    let report = db
-        .runner()
-        .publisher(rec.clone())
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    let report = db.drain_with(rec.clone()).await;
     assert_eq!(report.retried, 1);
     assert_eq!(report.published, 2);
     assert_eq!(rec.calls().len(), 3);
@@ -381,13 +340,7 @@ async fn shutdown_releases_work_after_the_grace_period(backend: Backend) {
     // Released: due at once for the next Runner, and the cut-short attempt
     // is not counted.
     let rec = Recorder::new("slow", &[ORDER]);
-    db.runner()
-        .publisher(rec.clone())
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
+    db.drain_with(rec.clone()).await;
     let calls = rec.calls();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].attempt, 1);
