@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use outbox::Uuid;
+use outbox::{ClaimLimit, Uuid};
 use outbox_tests::fixtures::{LEASE, ORDER, order, place, sorted_ids};
 use outbox_tests::{Backend, Recorder, TestDb};
 
@@ -292,18 +292,29 @@ async fn mysql_clock_ignores_the_session_time_zone() {
 
     let west = outbox::source(pool.clone(), &tables);
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-    let claimed = west.claim(a, 10, Duration::from_millis(300)).await.unwrap();
+    let claimed = west
+        .claim(a, ClaimLimit::events(10), Duration::from_millis(300))
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
     let age = SystemTime::now()
         .duration_since(claimed[0].event.created_at)
         .unwrap_or_default();
     assert!(age < Duration::from_secs(60), "created_at is {age:?} old");
     assert!(
-        db.source().claim(b, 10, LEASE).await.unwrap().is_empty(),
+        db.source()
+            .claim(b, ClaimLimit::events(10), LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
         "a UTC session saw the -07:00 session's lease as expired"
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let reclaimed = db.source().claim(b, 10, LEASE).await.unwrap();
+    let reclaimed = db
+        .source()
+        .claim(b, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(sorted_ids(&reclaimed), vec![id], "the lease never expired");
     pool.close().await;
     db.cleanup().await;

@@ -7,7 +7,7 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outbox::{KeyPolicy, OutboxEvent, PublishError};
+use outbox::{ClaimLimit, KeyPolicy, OutboxEvent, PublishError};
 use outbox_tests::checker;
 use outbox_tests::crash::{
     CrashEvent, Producer, RelayTarget, create_sink, kill_all, read_sink, spawn_relay,
@@ -102,7 +102,11 @@ async fn killed_runners_lose_nothing_and_keep_key_order() {
         let producing = producing.clone();
         tokio::spawn(async move {
             let mut producer = Producer::new(40);
-            while producing.load(std::sync::atomic::Ordering::SeqCst) {
+            // Enough load whatever the machine's speed: on past the kills
+            // until 1,200 events are committed.
+            while producing.load(std::sync::atomic::Ordering::SeqCst)
+                || producer.committed.len() < 1200
+            {
                 producer.produce(&db).await;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -702,7 +706,7 @@ async fn the_claims_relaxed_commit_does_not_leak_into_the_pool() {
     let source = outbox::source(one.clone(), &tables);
     let owner = outbox::Uuid::now_v7();
     let claimed = source
-        .claim(owner, 10, Duration::from_secs(30))
+        .claim(owner, ClaimLimit::events(10), Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(claimed.len(), 2, "one event per key");
@@ -715,7 +719,11 @@ async fn the_claims_relaxed_commit_does_not_leak_into_the_pool() {
     // The lease itself was committed: another owner cannot claim them.
     let other = db
         .source()
-        .claim(outbox::Uuid::now_v7(), 10, Duration::from_secs(30))
+        .claim(
+            outbox::Uuid::now_v7(),
+            ClaimLimit::events(10),
+            Duration::from_secs(30),
+        )
         .await
         .unwrap();
     assert!(other.is_empty(), "leased events were claimed again");

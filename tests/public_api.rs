@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use outbox::{
-    ClaimedEvent, Context, DeadLetter, Error, OutboxEvent, Outcome, Publisher, Runner, Settlement,
-    Source, StorageBox, Tables, Uuid, publisher_fn,
+    ClaimLimit, ClaimedEvent, Context, DeadLetter, Error, OutboxEvent, Outcome, Publisher, Runner,
+    Settlement, Source, StorageBox, Tables, Uuid, publisher_fn,
 };
 use serde::{Deserialize, Serialize};
 
@@ -70,11 +70,11 @@ impl Source for VecSource {
     async fn claim(
         &self,
         _owner: Uuid,
-        limit: usize,
+        limit: ClaimLimit,
         _lease: Duration,
     ) -> Result<Vec<ClaimedEvent>, Error> {
         let mut waiting = self.waiting.lock().unwrap();
-        let n = limit.min(waiting.len());
+        let n = limit.events.min(waiting.len());
         let unreadable = self.unreadable.lock().unwrap().clone();
         let batch: Vec<ClaimedEvent> = waiting
             .drain(..n)

@@ -146,6 +146,8 @@ async fn settings_out_of_range_are_refused() {
     let db = TestDb::new(Backend::Sqlite, "settings").await;
     let err = db.runner().batch_size(0).build().err().unwrap();
     assert!(err.to_string().contains("batch_size"), "{err}");
+    let err = db.runner().batch_bytes(0).build().err().unwrap();
+    assert!(err.to_string().contains("batch_bytes"), "{err}");
     let err = db
         .runner()
         .lease(std::time::Duration::from_secs(1))

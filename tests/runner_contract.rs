@@ -30,7 +30,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outbox::{Failure, NewEvent, OutboxEvent, PublishError, Settlement, Uuid};
+use outbox::{ClaimLimit, Failure, NewEvent, OutboxEvent, PublishError, Settlement, Uuid};
 use outbox_tests::fixtures::{LEASE, ORDER, TestOrder, order, place};
 use outbox_tests::{Answer, Backend, Recorder, TestDb, on_every_backend};
 use serde::{Deserialize, Serialize};
@@ -626,7 +626,14 @@ async fn an_event_without_publisher_waits_for_one(backend: Backend) {
 async fn settle_then_retry(db: &TestDb, settlement: Settlement) {
     let source = db.source();
     let owner = Uuid::now_v7();
-    assert_eq!(source.claim(owner, 10, LEASE).await.unwrap().len(), 1);
+    assert_eq!(
+        source
+            .claim(owner, ClaimLimit::events(10), LEASE)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(source.settle(owner, &settlement).await.unwrap());
     assert_eq!(source.retry_dead_letters(None).await.unwrap(), 1);
 }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use outbox::{Failure, NewEvent, Outcome, Settlement, Tables, Uuid};
+use outbox::{ClaimLimit, Failure, NewEvent, Outcome, Settlement, Tables, Uuid};
 use outbox_tests::fixtures::{LEASE, ORDER, TestOrder, order, place, sorted_ids};
 use outbox_tests::{Backend, TestDb, on_every_backend};
 
@@ -24,6 +24,7 @@ on_every_backend!(
     concurrent_migrations_agree,
     a_blocked_key_with_a_deep_backlog_holds_up_no_other_key,
     large_payloads_round_trip,
+    a_claim_stays_within_its_byte_budget,
     unicode_and_empty_fields_round_trip,
     claim_takes_each_key_head_and_every_keyless_event,
     concurrent_claimers_keep_per_key_order,
@@ -43,6 +44,48 @@ fn random_bytes(n: usize) -> Vec<u8> {
     std::iter::repeat_with(|| fastrand::u8(..))
         .take(n)
         .collect()
+}
+
+/// A claim takes the oldest events while their payloads fit its byte
+/// budget, so a Runner's memory per claim is bounded whatever the events'
+/// sizes; an event larger than the whole budget is still claimed, alone.
+async fn a_claim_stays_within_its_byte_budget(backend: Backend) {
+    let db = TestDb::new(backend, "byte_budget").await;
+    let sizes = [400_000, 400_000, 400_000, 1_500_000, 100];
+    let events: Vec<NewEvent> = sizes
+        .iter()
+        .map(|&n| NewEvent::new("test.blob", random_bytes(n)))
+        .collect();
+    enqueue_raw(&db, &events).await;
+    let source = db.source();
+    let limit = ClaimLimit::events(10).bytes(1_000_000);
+    let mut claims = Vec::new();
+    for _ in 0..sizes.len() {
+        let claimed = source.claim(Uuid::now_v7(), limit, LEASE).await.unwrap();
+        if claimed.is_empty() {
+            break;
+        }
+        let total: usize = claimed.iter().map(|c| c.event.payload.len()).sum();
+        assert!(
+            claimed.len() == 1 || total <= limit.bytes,
+            "a claim of {} events loaded {total} bytes, over its budget of {}",
+            claimed.len(),
+            limit.bytes
+        );
+        claims.push(claimed.iter().map(|c| c.event.id).collect::<Vec<_>>());
+    }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    assert_eq!(
+        claims,
+        vec![
+            vec![ids[0], ids[1]],
+            vec![ids[2]],
+            vec![ids[3]],
+            vec![ids[4]]
+        ],
+        "the claims took the oldest events that fit, and the large one alone"
+    );
+    db.cleanup().await;
 }
 
 /// Tables made by the previous release (no `dead_publishers` column) are
@@ -92,7 +135,10 @@ async fn a_held_event_does_not_use_up_its_attempts(backend: Backend) {
     let source = db.source();
     let owner = outbox::Uuid::now_v7();
     for _ in 0..5 {
-        let claimed = source.claim(owner, 10, LEASE).await.unwrap();
+        let claimed = source
+            .claim(owner, ClaimLimit::events(10), LEASE)
+            .await
+            .unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].event.attempt, 1, "a hold counted an attempt");
         let hold = outbox::Settlement::new(
@@ -117,7 +163,14 @@ async fn a_renewed_lease_keeps_the_event_and_only_its_holder_renews(backend: Bac
     let source = db.source();
     let (a, b) = (outbox::Uuid::now_v7(), outbox::Uuid::now_v7());
     let short = Duration::from_millis(300);
-    assert_eq!(source.claim(a, 10, short).await.unwrap().len(), 1);
+    assert_eq!(
+        source
+            .claim(a, ClaimLimit::events(10), short)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(
         source.renew(b, &[id], LEASE).await.unwrap(),
         0,
@@ -126,7 +179,11 @@ async fn a_renewed_lease_keeps_the_event_and_only_its_holder_renews(backend: Bac
     assert_eq!(source.renew(a, &[id], LEASE).await.unwrap(), 1);
     tokio::time::sleep(short * 2).await;
     assert!(
-        source.claim(b, 10, LEASE).await.unwrap().is_empty(),
+        source
+            .claim(b, ClaimLimit::events(10), LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
         "a renewed lease ran out at its first end"
     );
     assert_eq!(source.ack(a, &[id]).await.unwrap(), 1);
@@ -139,20 +196,23 @@ async fn expired_lease_fences_the_old_holder(backend: Backend) {
     let source = db.source();
     let (a, b) = (outbox::Uuid::now_v7(), outbox::Uuid::now_v7());
     let claimed = source
-        .claim(a, 10, Duration::from_millis(200))
+        .claim(a, ClaimLimit::events(10), Duration::from_millis(200))
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
     assert!(
         source
-            .claim(b, 10, Duration::from_secs(60))
+            .claim(b, ClaimLimit::events(10), Duration::from_secs(60))
             .await
             .unwrap()
             .is_empty(),
         "a leased event was claimed twice"
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let reclaimed = source.claim(b, 10, Duration::from_secs(60)).await.unwrap();
+    let reclaimed = source
+        .claim(b, ClaimLimit::events(10), Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(reclaimed.len(), 1);
     assert_eq!(reclaimed[0].event.id, id);
     assert_eq!(reclaimed[0].event.attempt, 2);
@@ -198,7 +258,10 @@ async fn concurrent_migrations_agree(backend: Backend) {
     assert!(source.dead_letters(10).await.unwrap().is_empty());
     assert_eq!(db.pending().await, 0, "the other tables got the event");
     let owner = Uuid::now_v7();
-    let claimed = source.claim(owner, 10, LEASE).await.unwrap();
+    let claimed = source
+        .claim(owner, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(source.ack(owner, &[claimed[0].event.id]).await.unwrap(), 1);
     db.cleanup().await;
@@ -236,7 +299,7 @@ async fn a_blocked_key_with_a_deep_backlog_holds_up_no_other_key(backend: Backen
     let source = db.source();
     let owner = outbox::Uuid::now_v7();
     let head = source
-        .claim(owner, 1, Duration::from_secs(60))
+        .claim(owner, ClaimLimit::events(1), Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(head.len(), 1);
@@ -250,7 +313,7 @@ async fn a_blocked_key_with_a_deep_backlog_holds_up_no_other_key(backend: Backen
     );
     assert!(source.settle(owner, &retry).await.unwrap());
     let next = source
-        .claim(owner, 10, Duration::from_secs(60))
+        .claim(owner, ClaimLimit::events(10), Duration::from_secs(60))
         .await
         .unwrap();
     let ids: Vec<_> = next.iter().map(|c| c.event.id).collect();
@@ -272,7 +335,10 @@ async fn large_payloads_round_trip(backend: Backend) {
     enqueue_raw(&db, &events).await;
     let source = db.source();
     let owner = Uuid::now_v7();
-    let claimed = source.claim(owner, 10, LEASE).await.unwrap();
+    let claimed = source
+        .claim(owner, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 5);
     for c in &claimed {
         let sent = events.iter().find(|e| e.id == c.event.id).unwrap();
@@ -297,7 +363,10 @@ async fn large_payloads_round_trip(backend: Backend) {
         "the dead letter's payload changed"
     );
     assert_eq!(source.retry_dead_letters(None).await.unwrap(), 1);
-    let again = source.claim(owner, 10, LEASE).await.unwrap();
+    let again = source
+        .claim(owner, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(sorted_ids(&again), vec![id]);
     assert!(
         again[0].event.payload == events[0].payload,
@@ -338,7 +407,10 @@ async fn unicode_and_empty_fields_round_trip(backend: Backend) {
 
     let source = db.source();
     let owner = Uuid::now_v7();
-    let claimed = source.claim(owner, 50, LEASE).await.unwrap();
+    let claimed = source
+        .claim(owner, ClaimLimit::events(50), LEASE)
+        .await
+        .unwrap();
     let mut want: Vec<Uuid> = events.iter().map(|e| e.id).collect();
     want.sort();
     assert_eq!(
@@ -407,21 +479,34 @@ async fn claim_takes_each_key_head_and_every_keyless_event(backend: Backend) {
     let id = |i: usize| events[i].id;
     let source = db.source();
     let (one, two) = (Uuid::now_v7(), Uuid::now_v7());
-    let first = source.claim(one, 10, LEASE).await.unwrap();
+    let first = source
+        .claim(one, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(sorted_ids(&first), vec![id(0), id(1), id(3), id(4)]);
     assert!(
-        source.claim(two, 10, LEASE).await.unwrap().is_empty(),
+        source
+            .claim(two, ClaimLimit::events(10), LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
         "a key's second event was claimed while its head was leased"
     );
     assert_eq!(source.ack(one, &[id(0)]).await.unwrap(), 1);
-    let second = source.claim(two, 10, LEASE).await.unwrap();
+    let second = source
+        .claim(two, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(sorted_ids(&second), vec![id(2)]);
     // Released events are due at once and the attempt is not counted.
     assert_eq!(
         source.release(one, &[id(1), id(3), id(4)]).await.unwrap(),
         3
     );
-    let third = source.claim(two, 10, LEASE).await.unwrap();
+    let third = source
+        .claim(two, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(sorted_ids(&third), vec![id(1), id(3), id(4)]);
     assert!(third.iter().all(|c| c.event.attempt == 1));
     db.cleanup().await;
@@ -471,7 +556,10 @@ async fn concurrent_claimers_keep_per_key_order(backend: Backend) {
             let source = db.source();
             let owner = Uuid::now_v7();
             loop {
-                let claimed = source.claim(owner, 4, LEASE).await.unwrap();
+                let claimed = source
+                    .claim(owner, ClaimLimit::events(4), LEASE)
+                    .await
+                    .unwrap();
                 if claimed.is_empty() {
                     if source.pending().await.unwrap() == 0 {
                         return;
@@ -564,7 +652,10 @@ async fn retry_waits_for_its_delay(backend: Backend) {
     enqueue_raw(&db, &events).await;
     let source = db.source();
     let owner = Uuid::now_v7();
-    let first = source.claim(owner, 10, LEASE).await.unwrap();
+    let first = source
+        .claim(owner, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(sorted_ids(&first), vec![events[0].id, events[1].id]);
     assert_eq!(source.ack(owner, &[events[1].id]).await.unwrap(), 1);
 
@@ -590,19 +681,30 @@ async fn retry_waits_for_its_delay(backend: Backend) {
     // Not before the delay: neither the event nor its key's next event.
     let other = Uuid::now_v7();
     assert!(
-        source.claim(other, 10, LEASE).await.unwrap().is_empty(),
+        source
+            .claim(other, ClaimLimit::events(10), LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
         "claimed before its delay"
     );
     tokio::time::sleep(delay / 2).await;
     assert!(
-        source.claim(other, 10, LEASE).await.unwrap().is_empty(),
+        source
+            .claim(other, ClaimLimit::events(10), LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
         "claimed before its delay"
     );
 
     // After it, at once.
     let deadline = Instant::now() + Duration::from_secs(15);
     let again = loop {
-        let claimed = source.claim(other, 10, LEASE).await.unwrap();
+        let claimed = source
+            .claim(other, ClaimLimit::events(10), LEASE)
+            .await
+            .unwrap();
         if !claimed.is_empty() {
             break claimed;
         }
@@ -621,7 +723,10 @@ async fn retry_waits_for_its_delay(backend: Backend) {
     assert_eq!(again[0].event.attempt, 2);
     assert_eq!(again[0].delivered, vec!["first".to_owned()]);
     assert_eq!(source.ack(other, &[events[0].id]).await.unwrap(), 1);
-    let last = source.claim(other, 10, LEASE).await.unwrap();
+    let last = source
+        .claim(other, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(sorted_ids(&last), vec![events[2].id]);
     db.cleanup().await;
 }
@@ -639,7 +744,14 @@ async fn retrying_dead_letters_leaves_waiting_events_alone(backend: Backend) {
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
     let source = db.source();
     let owner = Uuid::now_v7();
-    assert_eq!(source.claim(owner, 10, LEASE).await.unwrap().len(), 3);
+    assert_eq!(
+        source
+            .claim(owner, ClaimLimit::events(10), LEASE)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     let audit = || {
         vec![Failure {
             publisher: "audit".into(),
@@ -674,7 +786,10 @@ async fn retrying_dead_letters_leaves_waiting_events_alone(backend: Backend) {
     assert_eq!(source.retry_dead_letters(None).await.unwrap(), 0);
     assert_eq!(source.dead_letters(10).await.unwrap().len(), 1);
 
-    let again = source.claim(owner, 10, LEASE).await.unwrap();
+    let again = source
+        .claim(owner, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(sorted_ids(&again), vec![ids[1], ids[2]]);
     for claimed in &again {
         assert_eq!(claimed.only, Some(vec!["audit".to_owned()]));
@@ -696,7 +811,10 @@ async fn dead_letters_of_many_events_are_retried_at_once(backend: Backend) {
     let owner = Uuid::now_v7();
     let mut claimed = Vec::new();
     while claimed.len() < EVENTS {
-        let batch = source.claim(owner, EVENTS, LEASE).await.unwrap();
+        let batch = source
+            .claim(owner, ClaimLimit::events(EVENTS), LEASE)
+            .await
+            .unwrap();
         assert!(!batch.is_empty(), "{} of {EVENTS} claimed", claimed.len());
         claimed.extend(batch);
     }
@@ -719,7 +837,10 @@ async fn dead_letters_of_many_events_are_retried_at_once(backend: Backend) {
     assert_eq!(db.pending().await, EVENTS as u64);
     let mut again = Vec::new();
     while again.len() < EVENTS {
-        let batch = source.claim(owner, EVENTS, LEASE).await.unwrap();
+        let batch = source
+            .claim(owner, ClaimLimit::events(EVENTS), LEASE)
+            .await
+            .unwrap();
         assert!(
             !batch.is_empty(),
             "{} of {EVENTS} claimed again",
@@ -768,7 +889,10 @@ async fn dead_letters_older_than_an_age_are_purged_on_the_database_clock(backend
     enqueue_raw(&db, &events).await;
     let source = db.source();
     let owner = Uuid::now_v7();
-    let claimed = source.claim(owner, 10, LEASE).await.unwrap();
+    let claimed = source
+        .claim(owner, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(sorted_ids(&claimed), vec![events[0].id, events[1].id]);
     let dead = || {
         vec![Failure {
@@ -798,7 +922,10 @@ async fn dead_letters_older_than_an_age_are_purged_on_the_database_clock(backend
         vec![events[1].id],
         "not exactly the old one was purged"
     );
-    let next = source.claim(owner, 10, LEASE).await.unwrap();
+    let next = source
+        .claim(owner, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(
         sorted_ids(&next),
         vec![events[2].id],

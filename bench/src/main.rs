@@ -41,7 +41,8 @@ COMMANDS:
     relay        Runner drain throughput vs a raw DELETE ... SKIP LOCKED loop (batch 100, 1000)
     latency      commit -> publisher call latency at 100, 1000, 5000 events/s, wake-up and poll
     sustained    4 producers + 1 Runner for 60 s vs producers alone; backlog
-    memory       peak RSS of a Runner process draining a 1,000,000-event backlog
+    memory       peak RSS of a Runner process draining a 1,000,000-event backlog, and
+                 100 events of 4 MiB with and without the claim's byte budget
     sqlite       SQLite (WAL): enqueue overhead, Runner drain vs raw DELETE loop
     nats         Runner drain into NATS JetStream vs a raw async-nats publish loop (batch 100)
     burst        diagnostic, not in `all`: 200,000 events arrive at a Runner idling on an empty outbox
@@ -79,6 +80,7 @@ struct Args {
     schema: String,
     expect: u64,
     max_secs: u64,
+    batch_bytes: Option<usize>,
     wait_quiet: bool,
 }
 
@@ -93,6 +95,7 @@ fn parse_args() -> anyhow::Result<Args> {
         schema: String::new(),
         expect: 0,
         max_secs: 60,
+        batch_bytes: None,
         wait_quiet: false,
     };
     let mut it = std::env::args().skip(1);
@@ -122,6 +125,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--schema" => args.schema = value("--schema")?,
             "--expect" => args.expect = value("--expect")?.parse()?,
             "--max-secs" => args.max_secs = value("--max-secs")?.parse()?,
+            "--batch-bytes" => args.batch_bytes = Some(value("--batch-bytes")?.parse()?),
             other if other.starts_with('-') => bail!("unknown option {other}; see --help"),
             other if !command_seen => {
                 command_seen = true;
@@ -142,7 +146,14 @@ fn parse_args() -> anyhow::Result<Args> {
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     if args.command == "memory-child" {
-        return memory::child(&args.url, &args.schema, args.expect, args.max_secs).await;
+        return memory::child(
+            &args.url,
+            &args.schema,
+            args.expect,
+            args.max_secs,
+            args.batch_bytes,
+        )
+        .await;
     }
     let cfg = Config {
         url: args.url.clone(),

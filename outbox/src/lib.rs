@@ -136,7 +136,7 @@ pub use publisher::{
 };
 pub use registry::{registered_event_types, registered_publishers};
 pub use runner::{KeyPolicy, RunReport, Runner, RunnerBuilder, run};
-pub use store::{Backend, DeadLetter, Source, migrate, source};
+pub use store::{Backend, ClaimLimit, DeadLetter, Source, migrate, source};
 pub use tables::Tables;
 
 pub use uuid::Uuid;

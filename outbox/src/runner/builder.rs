@@ -18,6 +18,7 @@ use crate::tables::Tables;
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
     pub(super) batch_size: usize,
+    pub(super) batch_bytes: usize,
     pub(super) concurrency: usize,
     pub(super) max_attempts: u32,
     pub(super) lease: Duration,
@@ -52,6 +53,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             batch_size: 100,
+            batch_bytes: 32 << 20,
             concurrency: 64,
             max_attempts: 10,
             lease: Duration::from_secs(60),
@@ -164,6 +166,15 @@ impl RunnerBuilder {
         batch_size: usize
     );
     setter!(
+        /// Most payload bytes claimed at once (default 32 MiB): a claim stops
+        /// short of [`batch_size`](Self::batch_size) events when their
+        /// payloads would exceed this, which bounds the Runner's memory
+        /// whatever the events' sizes. An event larger than this alone is
+        /// still claimed, alone. To refuse such events at enqueue, set a
+        /// maximum payload size on the [`Tables`](crate::Tables::max_payload).
+        batch_bytes: usize
+    );
+    setter!(
         /// Most events of a batch published at the same time (default 64).
         concurrency: usize
     );
@@ -240,6 +251,9 @@ impl RunnerBuilder {
         };
         if s.batch_size == 0 {
             return invalid("batch_size", "must be at least 1");
+        }
+        if s.batch_bytes == 0 {
+            return invalid("batch_bytes", "must be at least 1");
         }
         if s.concurrency == 0 {
             return invalid("concurrency", "must be at least 1");

@@ -23,6 +23,7 @@ use crate::error::{Error, PublishError};
 use crate::event::StorageBox;
 use crate::publisher::Context;
 use crate::registry::Producer;
+use crate::store::ClaimLimit;
 
 /// How long a drain goes on while every claim fails (the table is gone, a
 /// privilege was revoked, the database is down) before it returns the error.
@@ -55,9 +56,11 @@ impl Core {
             // are still leased and still head their keys until the ack
             // commits, so the claim cannot take them or their successors.
             let acking = std::mem::take(&mut to_ack);
+            let limit =
+                ClaimLimit::events(self.settings.batch_size).bytes(self.settings.batch_bytes);
             let claim = self
                 .source
-                .claim(self.owner, self.settings.batch_size, self.settings.lease)
+                .claim(self.owner, limit, self.settings.lease)
                 .instrument(info_span!("outbox.claim", limit = self.settings.batch_size));
             // A shutdown does not wait for a claim (which can hang as long as
             // the pool's acquire timeout while the database is unreachable),

@@ -11,6 +11,7 @@ use sqlx::database::HasStatementCache;
 use sqlx::{AssertSqlSafe, Database, Encode, Executor, IntoArguments, Pool, Type};
 use uuid::Uuid;
 
+use super::ClaimLimit;
 use crate::delivery::ClaimedEvent;
 use crate::error::Error;
 use crate::tables::Tables;
@@ -145,7 +146,7 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
         &self,
         pool: &Pool<Self::DB>,
         owner: Uuid,
-        limit: usize,
+        limit: ClaimLimit,
         lease: Duration,
     ) -> impl Future<Output = Result<Vec<ClaimedEvent>, Error>> + Send;
 

@@ -75,6 +75,49 @@ pub struct DeadLetter {
     pub unreadable: Option<String>,
 }
 
+/// How much one [`claim`](Source::claim) may take: at most `events` events,
+/// and payloads of at most `bytes` bytes in all, so that the memory a claim
+/// loads is bounded whatever the events' sizes. A claim takes events in its
+/// order while both limits hold, and always at least one event when one is
+/// claimable, even when that event's payload alone is larger than `bytes`.
+///
+/// ```
+/// use outbox::ClaimLimit;
+///
+/// let limit = ClaimLimit::events(100).bytes(32 << 20);
+/// assert_eq!((limit.events, limit.bytes), (100, 32 << 20));
+/// assert_eq!(ClaimLimit::events(10).bytes, usize::MAX);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimLimit {
+    /// The most events a claim takes.
+    pub events: usize,
+    /// The most payload bytes a claim takes (its first event aside).
+    pub bytes: usize,
+}
+
+impl ClaimLimit {
+    /// At most `events` events, whatever their size.
+    pub const fn events(events: usize) -> Self {
+        Self {
+            events,
+            bytes: usize::MAX,
+        }
+    }
+
+    /// The same, with at most `bytes` bytes of payloads in all.
+    #[must_use]
+    pub const fn bytes(self, bytes: usize) -> Self {
+        Self { bytes, ..self }
+    }
+
+    /// `bytes` as an SQL parameter (saturating).
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub(crate) fn bytes_i64(&self) -> i64 {
+        i64::try_from(self.bytes).unwrap_or(i64::MAX)
+    }
+}
+
 /// A store of events the Runner can claim from: one implementation per
 /// database. Implement it (and run the conformance tests) to add a backend.
 ///
@@ -83,14 +126,15 @@ pub struct DeadLetter {
 /// cannot acknowledge work that another Runner has claimed since.
 #[async_trait]
 pub trait Source: Send + Sync + 'static {
-    /// Lease up to `limit` due events for `lease`, measured on the database's
-    /// clock, incrementing their attempt counter. At most one event per
-    /// partition key: the oldest one left, and only when no older event of
-    /// that key exists.
+    /// Lease due events, oldest first, within `limit` (a number of events
+    /// and of payload bytes, see [`ClaimLimit`]), for `lease`, measured on
+    /// the database's clock, incrementing their attempt counter. At most one
+    /// event per partition key: the oldest one left, and only when no older
+    /// event of that key exists.
     async fn claim(
         &self,
         owner: Uuid,
-        limit: usize,
+        limit: ClaimLimit,
         lease: Duration,
     ) -> Result<Vec<ClaimedEvent>, Error>;
 

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::dialect::{Dialect, query};
 use super::statements::{Purge, Statements, WithIds};
-use super::{DeadLetter, Source, legacy, system_time_from_millis};
+use super::{ClaimLimit, DeadLetter, Source, legacy, system_time_from_millis};
 use crate::delivery::{ClaimedEvent, Failure, Outcome, Settlement};
 use crate::error::Error;
 use crate::event::{StorageBox, parse_headers};
@@ -482,9 +482,12 @@ where
     async fn claim(
         &self,
         owner: Uuid,
-        limit: usize,
+        limit: ClaimLimit,
         lease: Duration,
     ) -> Result<Vec<ClaimedEvent>, Error> {
+        if limit.events == 0 {
+            return Ok(Vec::new());
+        }
         self.dialect.ready(&self.pool).await?;
         self.dialect.claim(&self.pool, owner, limit, lease).await
     }

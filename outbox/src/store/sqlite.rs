@@ -11,8 +11,10 @@ use uuid::Uuid;
 
 use super::dialect::{Dialect, Query, query, run_once};
 use super::shared::{Logic, Store};
-use super::statements::{claimable, claimed_columns, in_window};
-use super::{claim_in_window, duration_millis, json_list, millis_since_epoch, parse_json_list};
+use super::statements::{claimable, claimed_columns, in_window, within_budget};
+use super::{
+    ClaimLimit, claim_in_window, duration_millis, json_list, millis_since_epoch, parse_json_list,
+};
 use crate::delivery::ClaimedEvent;
 use crate::error::Error;
 use crate::event::NewEvent;
@@ -32,11 +34,17 @@ impl SqliteDialect {
         Self {
             claim: format!(
                 "UPDATE {ev} SET lease_owner = ?1, lease_until = {NOW} + ?3, attempts = attempts + 1 \
-                 WHERE id IN ( \
-                   SELECT e.id FROM {ev} e WHERE {} AND {} ORDER BY e.id LIMIT ?2) \
+                 WHERE id IN ({}) \
                  RETURNING {}",
-                claimable::<Self>(&ev),
-                in_window::<Self>(&ev, "?4", "'g'"),
+                within_budget(
+                    &format!(
+                        "SELECT e.id, length(e.payload) AS len FROM {ev} e WHERE {} AND {} \
+                         ORDER BY e.id LIMIT ?2",
+                        claimable::<Self>(&ev),
+                        in_window::<Self>(&ev, "?4", "'g'"),
+                    ),
+                    "?5"
+                ),
                 claimed_columns::<Self>(""),
             )
             .into(),
@@ -128,15 +136,16 @@ impl Dialect for SqliteDialect {
         &self,
         pool: &SqlitePool,
         owner: Uuid,
-        limit: usize,
+        limit: ClaimLimit,
         lease: Duration,
     ) -> Result<Vec<ClaimedEvent>, Error> {
-        let rows = claim_in_window(limit, |window| async move {
+        let rows = claim_in_window(limit.events, |window| async move {
             Ok(query(&self.claim)
                 .bind(owner.to_string())
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(i64::try_from(limit.events).unwrap_or(i64::MAX))
                 .bind(duration_millis(lease))
                 .bind(window)
+                .bind(limit.bytes_i64())
                 .fetch_all(pool)
                 .await?)
         })

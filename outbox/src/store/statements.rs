@@ -49,6 +49,19 @@ pub(crate) fn in_window<D: Dialect>(ev: &str, window: &str, max_id: &str) -> Str
     )
 }
 
+/// The ids of `candidates` (a query of `id` and `len`, a payload's length in
+/// bytes) that a claim takes within a byte budget (the parameter `budget`):
+/// the oldest ones while their running total of bytes stays within it, and
+/// always the oldest one.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn within_budget(candidates: &str, budget: &str) -> String {
+    format!(
+        "SELECT b.id FROM ( \
+           SELECT c.id, c.len, SUM(c.len) OVER (ORDER BY c.id) AS run FROM ({candidates}) c) b \
+         WHERE b.run <= {budget} OR b.run = b.len"
+    )
+}
+
 /// The columns of an event as the store reads them (`Read::event` in
 /// [`shared`](super::shared)), from `a.id_column` and the other columns of
 /// alias `a` (`a` may be empty, or `e.`).

@@ -35,7 +35,9 @@ use uuid::Uuid;
 use super::dialect::{Dialect, Query, query};
 use super::shared::{Logic, Store};
 use super::statements::{IDS, WithIds, claimable, claimed_columns, due_ids};
-use super::{claim_in_window, duration_millis, json_list, millis_since_epoch, parse_json_list};
+use super::{
+    ClaimLimit, claim_in_window, duration_millis, json_list, millis_since_epoch, parse_json_list,
+};
 use crate::delivery::ClaimedEvent;
 use crate::error::Error;
 use crate::event::NewEvent;
@@ -186,16 +188,20 @@ pub(crate) struct MySqlDialect {
     claim_all: Arc<str>,
     /// The lease of the claimed events (owner, lease, then the ids).
     lease: WithIds<Self>,
+    /// The claimed events, read once leased.
+    claimed: WithIds<Self>,
     checked: OnceCell<()>,
 }
 
 impl MySqlDialect {
     fn new(tables: &Tables) -> Self {
         let ev = Self::table(tables, "events");
+        // The claim locks ids and payload sizes only: the rows are read
+        // whole once the claim has picked those within its byte budget.
         let claim = |from: &str| -> Arc<str> {
             format!(
-                "SELECT {} FROM {from} WHERE {} ORDER BY e.id LIMIT ? FOR UPDATE SKIP LOCKED",
-                claimed_columns::<Self>("e."),
+                "SELECT e.id, OCTET_LENGTH(e.payload) FROM {from} WHERE {} \
+                 ORDER BY e.id LIMIT ? FOR UPDATE SKIP LOCKED",
                 claimable::<Self>(&ev),
             )
             .into()
@@ -218,6 +224,10 @@ impl MySqlDialect {
                 "UPDATE {ev} SET lease_owner = ?, lease_until = {NOW} + INTERVAL ? MICROSECOND, \
                    attempts = attempts + 1 \
                  WHERE id {IDS}"
+            )),
+            claimed: WithIds::new(&format!(
+                "SELECT {} FROM {ev} WHERE id {IDS} ORDER BY id",
+                claimed_columns::<Self>(""),
             )),
             checked: OnceCell::new(),
         }
@@ -336,14 +346,11 @@ impl Dialect for MySqlDialect {
         &self,
         pool: &MySqlPool,
         owner: Uuid,
-        limit: usize,
+        limit: ClaimLimit,
         lease: Duration,
     ) -> Result<Vec<ClaimedEvent>, Error> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let limit = limit.min(MAX_ROWS);
-        claim_in_window(limit, |window| async move {
+        let events = limit.events.min(MAX_ROWS);
+        claim_in_window(events, |window| async move {
             // READ COMMITTED: no gap locks (producers' inserts never wait for
             // a claim), and rows scanned but not picked are unlocked at once.
             let mut tx = pool
@@ -354,31 +361,35 @@ impl Dialect for MySqlDialect {
                 window => query(&self.claim_in_window).bind(window),
             };
             let rows = select
-                .bind(i64::try_from(limit).unwrap_or(1))
+                .bind(i64::try_from(events).unwrap_or(1))
                 .fetch_all(&mut *tx)
                 .await?;
-            if rows.is_empty() {
+            // The oldest within the byte budget, and always the oldest. A
+            // row whose id cannot be read is left out, and not leased.
+            let mut ids = Vec::with_capacity(rows.len());
+            let mut bytes = 0usize;
+            for row in &rows {
+                let Ok(id) = Self::id_at(row, 0) else {
+                    continue;
+                };
+                let len = row.try_get::<Option<i64>, _>(1).ok().flatten().unwrap_or(0);
+                bytes = bytes.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+                if !ids.is_empty() && bytes > limit.bytes {
+                    break;
+                }
+                ids.push(id);
+            }
+            if ids.is_empty() {
                 tx.commit().await?;
                 return Ok(Vec::new());
             }
-            // A row whose id cannot be read is left out, and not leased.
-            let mut events = Store::<Self>::claimed_rows(&rows);
-            if events.is_empty() {
-                tx.commit().await?;
-                return Ok(Vec::new());
-            }
-            for claimed in &mut events {
-                // The row is locked: the UPDATE below makes it exactly this.
-                let event = Arc::make_mut(&mut claimed.event);
-                event.attempt = event.attempt.saturating_add(1);
-            }
-            let ids: Vec<Uuid> = events.iter().map(|e| e.event.id).collect();
             let update = query(&self.lease.text(ids.len()))
                 .bind(owner)
                 .bind(micros(lease));
             Self::bind_ids(update, &ids).execute(&mut *tx).await?;
+            let rows = self.claimed.query(&ids).fetch_all(&mut *tx).await?;
             tx.commit().await?;
-            Ok(events)
+            Ok(Store::<Self>::claimed_rows(&rows))
         })
         .await
     }

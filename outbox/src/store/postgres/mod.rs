@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use super::dialect::{Dialect, Query, query, run_once};
 use super::shared::{Logic, Store};
-use super::statements::{claimable, claimed_columns, in_window};
-use super::{claim_in_window, duration_millis, millis_since_epoch};
+use super::statements::{claimable, claimed_columns, in_window, within_budget};
+use super::{ClaimLimit, claim_in_window, duration_millis, millis_since_epoch};
 use crate::delivery::ClaimedEvent;
 use crate::error::Error;
 use crate::event::NewEvent;
@@ -37,18 +37,20 @@ impl PgDialect {
         Self {
             claim: format!(
                 "WITH c AS ( \
-                   SELECT e.id FROM {ev} e \
+                   SELECT e.id, octet_length(e.payload) AS len FROM {ev} e \
                    WHERE (SELECT set_config('synchronous_commit', 'off', true)) = 'off' \
                      AND {} AND {} \
                    ORDER BY e.id LIMIT $2 \
-                   FOR UPDATE SKIP LOCKED) \
+                   FOR UPDATE SKIP LOCKED), \
+                 b AS ({}) \
                  UPDATE {ev} e SET lease_owner = $1, \
                    lease_until = now() + $3::float8 * interval '1 millisecond', \
                    attempts = e.attempts + 1 \
-                 FROM c WHERE e.id = c.id \
+                 FROM b WHERE e.id = b.id \
                  RETURNING {}",
                 claimable::<Self>(&ev),
                 in_window::<Self>(&ev, "$4", "'ffffffff-ffff-ffff-ffff-ffffffffffff'"),
+                within_budget("SELECT id, len FROM c", "$5"),
                 claimed_columns::<Self>("e."),
             )
             .into(),
@@ -144,7 +146,7 @@ impl Dialect for PgDialect {
         &self,
         pool: &PgPool,
         owner: Uuid,
-        limit: usize,
+        limit: ClaimLimit,
         lease: Duration,
     ) -> Result<Vec<ClaimedEvent>, Error> {
         // The claim commits without waiting for its WAL to reach the disk
@@ -153,15 +155,18 @@ impl Dialect for PgDialect {
         // the WAL is flushed, the lease is gone and the events are claimed
         // again, which at-least-once allows; an ack, which commits durably
         // and after the claim, flushes the claim's WAL with its own.
-        claim_in_window(limit, |window| async move {
+        claim_in_window(limit.events, |window| async move {
             let rows = query(&self.claim)
                 .bind(owner)
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(i64::try_from(limit.events).unwrap_or(i64::MAX))
                 .bind(duration_millis(lease) as f64)
                 .bind(window)
+                .bind(limit.bytes_i64())
                 .fetch_all(pool)
                 .await?;
-            Ok(Store::<Self>::claimed_rows(&rows))
+            let mut events = Store::<Self>::claimed_rows(&rows);
+            events.sort_by_key(|e| e.event.id);
+            Ok(events)
         })
         .await
     }
