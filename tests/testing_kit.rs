@@ -268,3 +268,19 @@ fn a_missing_state_is_refused_at_build() {
     let err = TestOutbox::builder().build().unwrap_err();
     assert!(matches!(err, outbox::Error::MissingState { .. }), "{err}");
 }
+
+/// The README shows the example above as it is here.
+#[test]
+fn the_readme_shows_this_example() {
+    let this = include_str!("testing_kit.rs");
+    let start = "// README example: start\n";
+    let from = this.find(start).unwrap() + start.len();
+    let to = this.find("// README example: end").unwrap();
+    let example = this[from..to].trim_end();
+    let readme = include_str!("../README.md");
+    assert!(
+        readme.contains(&format!("```rust\n{example}\n```")),
+        "README.md's \"Testing your publishers\" example differs from tests/testing_kit.rs: \
+         copy it over"
+    );
+}

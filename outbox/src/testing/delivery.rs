@@ -30,11 +30,11 @@ use crate::registry::{Registered, registered_publishers};
 /// struct OrderPlaced { order_id: i64 }
 ///
 /// #[derive(Default)]
-/// struct AuditLog(Mutex<Vec<String>>);
+/// struct AuditLog { entries: Mutex<Vec<String>> }
 ///
 /// #[publisher(name = "audit")]
 /// async fn audit(event: OrderPlaced, log: State<AuditLog>) -> Result<(), PublishError> {
-///     log.0.lock().unwrap().push(format!("order {}", event.order_id));
+///     log.entries.lock().unwrap().push(format!("order {}", event.order_id));
 ///     Ok(())
 /// }
 ///
@@ -52,7 +52,7 @@ use crate::registry::{Registered, registered_publishers};
 /// // A #[publisher] fn, called directly.
 /// let log = Arc::new(AuditLog::default());
 /// audit(OrderPlaced { order_id: 7 }, State(log.clone())).await.unwrap();
-/// assert_eq!(*log.0.lock().unwrap(), ["order 7"]);
+/// assert_eq!(*log.entries.lock().unwrap(), ["order 7"]);
 /// let third = delivery(&event).attempt(3).context();
 /// assert!(stamp(OrderPlaced { order_id: 7 }, third).await.unwrap_err().is_permanent());
 ///
@@ -60,7 +60,7 @@ use crate::registry::{Registered, registered_publishers};
 /// // taken from the delivery's.
 /// let audit = registered("audit").unwrap();
 /// delivery(&event).state_arc(log.clone()).publish(&*audit).await.unwrap();
-/// assert_eq!(log.0.lock().unwrap().len(), 2);
+/// assert_eq!(log.entries.lock().unwrap().len(), 2);
 ///
 /// // Any Publisher (a built-in broker publisher is called the same way).
 /// let printer = publisher_fn::<OrderPlaced, _, _>("printer", |e, cx| async move {
