@@ -83,6 +83,8 @@
 //! - `nats`, `rabbitmq`, `redis`, `mqtt`, `http` (`http-rustls` for HTTPS):
 //!   built-in publishers, in the modules `outbox::nats`, `outbox::rabbitmq`,
 //!   `outbox::redis`, `outbox::mqtt` and `outbox::http` when enabled.
+//! - `testing`: `outbox::testing`, an outbox in memory and a harness to test
+//!   publishers and retry policies without a database.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // Built with no store at all (a broker feature alone), the shared store
@@ -123,6 +125,8 @@ mod registry;
 mod runner;
 mod store;
 mod tables;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod text;
 
 pub use delivery::{ClaimedEvent, Failure, Outcome, Settlement};
