@@ -99,14 +99,15 @@ async fn a_claim_stays_within_its_byte_budget(backend: Backend) {
     db.cleanup().await;
 }
 
-/// Tables made by the previous release (no `dead_publishers` column) are
-/// upgraded by `migrate`, twice in a row as a fleet would, and an event
-/// already half-delivered in them goes on: only its remaining publisher gets
-/// it.
+/// Tables made by the previous release (no `dead_publishers` column, and
+/// no schema version recorded) are upgraded by `migrate`, twice in a row as
+/// a fleet would, and an event already half-delivered in them goes on: only
+/// its remaining publisher gets it.
 async fn a_table_of_the_previous_release_is_upgraded_by_migrate(backend: Backend) {
     let db = TestDb::new(backend, "upgrade").await;
     db.exec("ALTER TABLE outbox_events DROP COLUMN dead_publishers")
         .await;
+    db.exec("DROP TABLE outbox_schema_version").await;
     let id = place(&db, 1).await;
     let delivered = match backend {
         Backend::Postgres => "'{billing}'",

@@ -103,6 +103,34 @@ pub enum Error {
         /// What is wrong with the value.
         reason: String,
     },
+
+    /// A migration gave up waiting for a lock, so that the application's
+    /// writes would not queue behind it; it changed nothing.
+    #[error(
+        "migrating the outbox tables {table} waited {waited:?} for a lock held by {reason} and gave up, so that the application's writes do not queue behind it; nothing was changed. Run the migration again once that transaction has ended, give it longer with Migrator::lock_timeout, or apply the migrations in your deploy step (outbox::migrations exports them)"
+    )]
+    MigrationLocked {
+        /// The tables, as `schema.prefix_*`.
+        table: String,
+        /// How long it waited.
+        waited: Duration,
+        /// Who held the lock, as far as is known, and the database's words.
+        reason: String,
+    },
+
+    /// The outbox tables are at a schema version newer than this release
+    /// knows: a newer release migrated them.
+    #[error(
+        "the outbox tables {table} are at schema version {found}, newer than version {known}, the latest that this release of outbox knows; it does not downgrade a schema: run a release that knows version {found}"
+    )]
+    SchemaTooNew {
+        /// The tables, as `schema.prefix_*`.
+        table: String,
+        /// The version recorded in the database.
+        found: u32,
+        /// The latest version this release knows.
+        known: u32,
+    },
 }
 
 impl Error {

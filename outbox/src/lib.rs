@@ -108,6 +108,7 @@ mod event;
 #[cfg(feature = "http")]
 #[path = "brokers/http/mod.rs"]
 pub mod http;
+pub mod migrations;
 #[cfg(feature = "mqtt")]
 #[path = "brokers/mqtt/mod.rs"]
 pub mod mqtt;

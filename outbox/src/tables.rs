@@ -87,6 +87,15 @@ impl Tables {
         self.schema.as_deref()
     }
 
+    /// The tables for people: `app.outbox_*`, or `outbox_*` without a
+    /// schema.
+    pub(crate) fn display_name(&self) -> String {
+        match &self.schema {
+            Some(schema) => format!("{schema}.{}_*", self.prefix),
+            None => format!("{}_*", self.prefix),
+        }
+    }
+
     /// The quoted, schema-qualified name of a table with this suffix.
     #[cfg(any(feature = "postgres", feature = "sqlite", test))]
     pub(crate) fn qualified(&self, suffix: &str) -> String {

@@ -12,8 +12,8 @@ use crate::event::StorageBox;
 use crate::tables::Tables;
 
 /// A database's [`Sealed`](sealed::Sealed) impl, in its module: that
-/// module's `enqueue` and `migrate`, and a [`Store`](shared::Store) of its
-/// dialect as its Source.
+/// module's `enqueue`, `migrate` and `version` (of the schema), and a
+/// [`Store`](shared::Store) of its dialect as its Source.
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 macro_rules! backend {
     ($db:ty, $dialect:ident) => {
@@ -28,9 +28,16 @@ macro_rules! backend {
 
             fn migrate<'a>(
                 pool: &'a sqlx::Pool<$db>,
-                tables: &'a $crate::Tables,
+                migrator: &'a $crate::migrations::Migrator,
             ) -> futures_util::future::BoxFuture<'a, Result<(), $crate::Error>> {
-                Box::pin(migrate(pool, tables))
+                Box::pin(migrate(pool, migrator))
+            }
+
+            fn schema_version<'a>(
+                pool: &'a sqlx::Pool<$db>,
+                tables: &'a $crate::Tables,
+            ) -> futures_util::future::BoxFuture<'a, Result<i64, $crate::Error>> {
+                Box::pin(version(pool, tables))
             }
 
             fn source(
@@ -49,6 +56,7 @@ mod dialect;
 pub(crate) mod mysql;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+pub(crate) mod schema;
 mod shared;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
@@ -244,6 +252,7 @@ pub(crate) mod sealed {
 
     use crate::error::Error;
     use crate::event::NewEvent;
+    use crate::migrations::Migrator;
     use crate::store::Source;
     use crate::tables::Tables;
 
@@ -263,8 +272,14 @@ pub(crate) mod sealed {
 
         fn migrate<'a>(
             pool: &'a sqlx::Pool<Self>,
-            tables: &'a Tables,
+            migrator: &'a Migrator,
         ) -> BoxFuture<'a, Result<(), Error>>;
+
+        /// The recorded schema version (0: none recorded), in one read.
+        fn schema_version<'a>(
+            pool: &'a sqlx::Pool<Self>,
+            tables: &'a Tables,
+        ) -> BoxFuture<'a, Result<i64, Error>>;
 
         fn source(pool: sqlx::Pool<Self>, tables: &Tables) -> Arc<dyn Source>;
     }
@@ -339,8 +354,15 @@ pub(crate) fn duration_millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Create the outbox tables if they do not exist (default names). Idempotent
-/// and safe to run from several processes at once.
+/// Create or upgrade the outbox tables (default names) to the schema this
+/// release needs; see [`Migrator`](crate::migrations::Migrator) for what it
+/// does and its settings.
+///
+/// Versioned and idempotent: when the schema is current it is one read, with
+/// no lock and no DDL. Safe to run from several processes at once, and it
+/// never makes the application's writes wait for long: a migration that
+/// would wait more than its lock timeout for an open write transaction fails
+/// with [`Error::MigrationLocked`] instead.
 pub async fn migrate<DB: Backend>(pool: &sqlx::Pool<DB>) -> Result<(), Error> {
     Tables::default().migrate(pool).await
 }
@@ -348,6 +370,6 @@ pub async fn migrate<DB: Backend>(pool: &sqlx::Pool<DB>) -> Result<(), Error> {
 impl Tables {
     /// [`migrate`](crate::migrate) these tables.
     pub async fn migrate<DB: Backend>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
-        <DB as sealed::Sealed>::migrate(pool, self).await
+        crate::migrations::Migrator::new(self).run(pool).await
     }
 }

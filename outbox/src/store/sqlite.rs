@@ -1,6 +1,6 @@
 //! SQLite: the embedded default. One writer at a time; every claim is a
 //! single `UPDATE … RETURNING` statement, so it holds the write lock only as
-//! long as that statement runs.
+//! long as that statement runs. [`migrate`]: the versioned schema.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqlitePool, SqliteQueryResult, SqliteRow};
 use sqlx::{Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
-use super::dialect::{Dialect, Query, query, run_once};
+use super::dialect::{Dialect, Query, query};
 use super::shared::{Logic, Store};
 use super::statements::{claimable, claimed_columns, in_window, within_budget};
 use super::{
@@ -19,6 +19,9 @@ use crate::delivery::ClaimedEvent;
 use crate::error::Error;
 use crate::event::NewEvent;
 use crate::tables::Tables;
+
+pub(crate) mod migrate;
+use migrate::{migrate, version};
 
 /// Milliseconds since the Unix epoch on the database's clock.
 const NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
@@ -180,85 +183,6 @@ async fn enqueue(
             .execute(&mut *conn)
             .await?;
     }
-    Ok(())
-}
-
-async fn migrate(pool: &SqlitePool, tables: &Tables) -> Result<(), Error> {
-    let ev = tables.qualified("events");
-    let dl = tables.qualified("dead_letters");
-    let index = |suffix: &str| match tables.quoted_schema() {
-        Some(schema) => format!("{schema}.{}", tables.index_name(suffix)),
-        None => tables.index_name(suffix),
-    };
-    let key_idx = index("events_key_idx");
-    let dl_idx = index("dead_letters_failed_idx");
-    let ev_plain = tables.unqualified("events");
-    let dl_plain = tables.unqualified("dead_letters");
-    let statements = [
-        format!(
-            "CREATE TABLE IF NOT EXISTS {ev} ( \
-               id TEXT PRIMARY KEY NOT NULL, \
-               event_type TEXT NOT NULL, \
-               version INTEGER NOT NULL, \
-               topic TEXT NOT NULL, \
-               partition_key TEXT, \
-               payload BLOB NOT NULL, \
-               headers TEXT NOT NULL DEFAULT '{{}}', \
-               created_at INTEGER NOT NULL, \
-               due_at INTEGER NOT NULL, \
-               attempts INTEGER NOT NULL DEFAULT 0, \
-               lease_owner TEXT, \
-               lease_until INTEGER, \
-               done TEXT NOT NULL DEFAULT '[]', \
-               dead_publishers TEXT, \
-               only_publishers TEXT, \
-               last_error TEXT) WITHOUT ROWID"
-        ),
-        format!(
-            "CREATE INDEX IF NOT EXISTS {key_idx} ON {ev_plain} (partition_key, id) \
-             WHERE partition_key IS NOT NULL"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {dl} ( \
-               event_id TEXT NOT NULL, \
-               publisher TEXT NOT NULL, \
-               event_type TEXT NOT NULL, \
-               version INTEGER NOT NULL, \
-               topic TEXT NOT NULL, \
-               partition_key TEXT, \
-               payload BLOB NOT NULL, \
-               headers TEXT NOT NULL, \
-               created_at INTEGER NOT NULL, \
-               attempts INTEGER NOT NULL, \
-               error TEXT NOT NULL, \
-               failed_at INTEGER NOT NULL, \
-               PRIMARY KEY (event_id, publisher)) WITHOUT ROWID"
-        ),
-        format!("CREATE INDEX IF NOT EXISTS {dl_idx} ON {dl_plain} (failed_at)"),
-    ];
-    let mut tx = pool.begin().await?;
-    for statement in statements {
-        run_once(&mut *tx, statement).await?;
-    }
-    // Tables made before dead-lettered publishers had a column of their own
-    // (they were marked inside `done`) get it; SQLite has no `ADD COLUMN IF
-    // NOT EXISTS`.
-    let schema = tables.schema_name().unwrap_or("main");
-    let has: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pragma_table_info(?1, ?2) WHERE name = 'dead_publishers'",
-    )
-    .bind(format!("{}_events", tables.prefix()))
-    .bind(schema)
-    .fetch_one(&mut *tx)
-    .await?;
-    if has == 0 {
-        run_once(
-            &mut *tx,
-            format!("ALTER TABLE {ev} ADD COLUMN dead_publishers TEXT"),
-        )
-        .await?;
-    }
-    tx.commit().await?;
     Ok(())
 }
 

@@ -43,8 +43,8 @@ use crate::error::Error;
 use crate::event::NewEvent;
 use crate::tables::Tables;
 
-mod migrate;
-use migrate::migrate;
+pub(crate) mod migrate;
+use migrate::{migrate, version};
 
 /// The servers that have `SKIP LOCKED`.
 const REQUIRED: &str = "MySQL 8.0.1 or later, or MariaDB 10.6 or later";

@@ -1,10 +1,12 @@
 //! PostgreSQL: `FOR UPDATE SKIP LOCKED` claims in single statements, leases on
 //! the server clock, acks fenced by the lease holder.
 //!
-//! Here: the dialect, the claim, enqueue and migrate. [`vacuum`]: the Source
-//! vacuums the events table itself under load. [`wakeup`]: the trigger that
-//! notifies a channel on commit, and the listener the Runner waits on.
+//! Here: the dialect, the claim and enqueue. [`migrate`]: the versioned
+//! schema. [`vacuum`]: the Source vacuums the events table itself under
+//! load. [`wakeup`]: the trigger that notifies a channel on commit, and the
+//! listener the Runner waits on.
 
+pub(crate) mod migrate;
 mod vacuum;
 mod wakeup;
 
@@ -15,7 +17,7 @@ use sqlx::postgres::{PgPool, PgQueryResult, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
-use super::dialect::{Dialect, Query, query, run_once};
+use super::dialect::{Dialect, Query, query};
 use super::shared::{Logic, Store};
 use super::statements::{claimable, claimed_columns, in_window, within_budget};
 use super::{ClaimLimit, claim_in_window, duration_millis, millis_since_epoch};
@@ -23,6 +25,7 @@ use crate::delivery::ClaimedEvent;
 use crate::error::Error;
 use crate::event::NewEvent;
 use crate::tables::Tables;
+use migrate::{migrate, version};
 
 /// The dialect, and the state of the self-vacuum and the listener.
 pub(crate) struct PgDialect {
@@ -232,89 +235,6 @@ async fn enqueue(
                 .await?;
         }
     }
-    Ok(())
-}
-
-async fn migrate(pool: &PgPool, tables: &Tables) -> Result<(), Error> {
-    let ev = tables.qualified("events");
-    let dl = tables.qualified("dead_letters");
-    let key_idx = tables.index_name("events_key_idx");
-    let dl_idx = tables.index_name("dead_letters_failed_idx");
-    let mut statements = Vec::new();
-    if let Some(schema) = tables.quoted_schema() {
-        statements.push(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
-    }
-    statements.push(format!(
-        "CREATE TABLE IF NOT EXISTS {ev} ( \
-           id uuid PRIMARY KEY, \
-           event_type text NOT NULL, \
-           version integer NOT NULL, \
-           topic text NOT NULL, \
-           partition_key text, \
-           payload bytea NOT NULL, \
-           headers jsonb NOT NULL DEFAULT '{{}}', \
-           created_at timestamptz NOT NULL DEFAULT now(), \
-           due_at timestamptz NOT NULL DEFAULT now(), \
-           attempts integer NOT NULL DEFAULT 0, \
-           lease_owner uuid, \
-           lease_until timestamptz, \
-           done text[] NOT NULL DEFAULT '{{}}', \
-           dead_publishers text[] NOT NULL DEFAULT '{{}}', \
-           only_publishers text[], \
-           last_error text)"
-    ));
-    // Tables made before dead-lettered publishers had a column of their own
-    // (they were marked inside `done`).
-    statements.push(format!(
-        "ALTER TABLE {ev} ADD COLUMN IF NOT EXISTS dead_publishers text[] NOT NULL DEFAULT '{{}}'"
-    ));
-    statements.push(format!(
-        "CREATE INDEX IF NOT EXISTS {key_idx} ON {ev} (partition_key, id) \
-         WHERE partition_key IS NOT NULL"
-    ));
-    // The queue head is deleted constantly: dead index entries there are
-    // re-scanned by every claim until vacuum runs, so vacuum this table often
-    // and without throttling. Every event is updated once (its lease) before
-    // it is deleted: with half of each page free, that update stays on its
-    // page and adds no index entries (a HOT update), which made a claim-and-ack
-    // loop ~40% faster (BENCHMARKS.md). Applies to pages written from now on.
-    statements.push(format!(
-        "ALTER TABLE {ev} SET (fillfactor = 50, autovacuum_vacuum_scale_factor = 0, \
-           autovacuum_vacuum_threshold = 5000, autovacuum_vacuum_cost_delay = 0, \
-           autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 5000)"
-    ));
-    statements.push(format!(
-        "CREATE TABLE IF NOT EXISTS {dl} ( \
-           event_id uuid NOT NULL, \
-           publisher text NOT NULL, \
-           event_type text NOT NULL, \
-           version integer NOT NULL, \
-           topic text NOT NULL, \
-           partition_key text, \
-           payload bytea NOT NULL, \
-           headers jsonb NOT NULL, \
-           created_at timestamptz NOT NULL, \
-           attempts integer NOT NULL, \
-           error text NOT NULL, \
-           failed_at timestamptz NOT NULL DEFAULT now(), \
-           PRIMARY KEY (event_id, publisher))"
-    ));
-    statements.push(format!(
-        "CREATE INDEX IF NOT EXISTS {dl_idx} ON {dl} (failed_at)"
-    ));
-    statements.extend(wakeup::trigger(tables, &ev));
-
-    let mut tx = pool.begin().await?;
-    // Serialise concurrent migrations of the same tables: CREATE ... IF NOT
-    // EXISTS alone races on the catalog.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(format!("outbox.migrate:{ev}"))
-        .execute(&mut *tx)
-        .await?;
-    for statement in statements {
-        run_once(&mut *tx, statement).await?;
-    }
-    tx.commit().await?;
     Ok(())
 }
 
