@@ -105,9 +105,11 @@ pub enum Error {
     },
 
     /// A migration gave up waiting for a lock, so that the application's
-    /// writes would not queue behind it; it changed nothing.
+    /// writes would not queue behind it. On PostgreSQL and SQLite it changed
+    /// nothing; on MySQL/MariaDB (where DDL commits at once) the steps before
+    /// it are kept, and the next run goes on from there.
     #[error(
-        "migrating the outbox tables {table} waited {waited:?} for a lock held by {reason} and gave up, so that the application's writes do not queue behind it; nothing was changed. Run the migration again once that transaction has ended, give it longer with Migrator::lock_timeout, or apply the migrations in your deploy step (outbox::migrations exports them)"
+        "migrating the outbox tables {table} waited {waited:?} for a lock held by {reason} and gave up, so that the application's writes do not queue behind it. Run the migration again once that transaction has ended, give it longer with Migrator::lock_timeout, or apply the migrations in your deploy step (outbox::migrations exports them)"
     )]
     MigrationLocked {
         /// The tables, as `schema.prefix_*`.

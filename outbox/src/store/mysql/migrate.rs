@@ -132,7 +132,7 @@ fn v1(tables: &Tables) -> Script {
         ),
     ));
     steps.push(Step::always(format!(
-        "INSERT IGNORE INTO {vt} (version, name, applied_at) \
+        "INSERT INTO {vt} (version, name, applied_at) \
          VALUES (1, '{NAME}', UTC_TIMESTAMP(3))"
     )));
     Script {

@@ -39,8 +39,7 @@ fn sibling(tables: &Tables, suffix: &str) -> String {
 
 fn record(vt: &str, version: u32, name: &str) -> Step {
     Step::always(format!(
-        "INSERT INTO {vt} (version, name) VALUES ({version}, '{name}') \
-         ON CONFLICT (version) DO NOTHING"
+        "INSERT INTO {vt} (version, name) VALUES ({version}, '{name}')"
     ))
 }
 

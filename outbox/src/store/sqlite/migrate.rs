@@ -100,7 +100,7 @@ fn v1(tables: &Tables) -> Script {
             ),
         ),
         Step::always(format!(
-            "INSERT OR IGNORE INTO {vt} (version, name, applied_at) VALUES (1, '{NAME}', {NOW})"
+            "INSERT INTO {vt} (version, name, applied_at) VALUES (1, '{NAME}', {NOW})"
         )),
     ];
     Script {
