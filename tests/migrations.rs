@@ -24,6 +24,8 @@ on_every_backend!(
     tables_of_the_release_before_versions_are_upgraded_with_their_events,
     exported_migrations_run_by_a_tool_make_a_schema_migrate_leaves_alone,
     a_newer_schema_is_refused,
+    the_source_refuses_tables_at_an_older_version_until_they_are_migrated,
+    exported_migrations_apply_to_tables_that_migrate_made,
 );
 on_backend!(
     postgres_only,
@@ -564,6 +566,27 @@ async fn exported_migrations_run_by_a_tool_make_a_schema_migrate_leaves_alone(ba
     db.cleanup().await;
 }
 
+/// A team that moves from `migrate` to its own migration tool can apply
+/// the exported migrations to the tables `migrate` made: they change
+/// nothing, and events stay.
+async fn exported_migrations_apply_to_tables_that_migrate_made(backend: Backend) {
+    let db = TestDb::new(backend, "mig_switch").await;
+    let mut tx = db.begin().await;
+    tx.enqueue(&order(1)).await;
+    tx.commit().await;
+    for migration in exported(backend, &db.tables()) {
+        run_script(&db, &migration.sql).await;
+    }
+    assert_eq!(version(&db, &db.tables()).await, Migrator::latest());
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM outbox_schema_version")
+            .await,
+        i64::from(Migrator::latest())
+    );
+    assert_eq!(db.pending().await, 1);
+    db.cleanup().await;
+}
+
 /// Tables at a version newer than this release knows are refused, with
 /// both versions in the error, and left as they are.
 async fn a_newer_schema_is_refused(backend: Backend) {
@@ -587,6 +610,37 @@ async fn a_newer_schema_is_refused(backend: Backend) {
     let message = error.to_string();
     assert!(message.contains("does not downgrade"), "{message}");
     assert_eq!(version(&db, &db.tables()).await, newer);
+    db.cleanup().await;
+}
+
+/// Tables whose recorded version is older than the Source needs (a
+/// migration tool stopped early, a MySQL migration cut short) are refused
+/// by the Source, saying what to run, instead of failing on a missing
+/// column later; once migrated, the same Source (a running Runner's) goes
+/// on.
+async fn the_source_refuses_tables_at_an_older_version_until_they_are_migrated(backend: Backend) {
+    let db = TestDb::new(backend, "mig_older").await;
+    let mut tx = db.begin().await;
+    tx.enqueue(&order(1)).await;
+    tx.commit().await;
+    db.exec("DELETE FROM outbox_schema_version").await;
+    let source = db.source();
+    let result = source.pending().await;
+    let Err(
+        error @ Error::SchemaTooOld {
+            found, required, ..
+        },
+    ) = &result
+    else {
+        panic!("{result:?}")
+    };
+    assert_eq!((*found, *required), (0, Migrator::latest()));
+    let message = error.to_string();
+    for needed in ["outbox::migrate", "outbox::migrations", "version 0"] {
+        assert!(message.contains(needed), "{needed:?} not in {message}");
+    }
+    db.migrate().await;
+    assert_eq!(source.pending().await.unwrap(), 1);
     db.cleanup().await;
 }
 

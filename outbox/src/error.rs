@@ -133,6 +133,20 @@ pub enum Error {
         /// The latest version this release knows.
         known: u32,
     },
+
+    /// The outbox tables are at a schema version older than this release's
+    /// Source needs: their migrations were not all applied.
+    #[error(
+        "the outbox tables {table} are at schema version {found}, older than version {required} that this release needs: run outbox::migrate (or Migrator::run) once, or apply the outbox migrations after version {found} with your migration tool (outbox::migrations exports them)"
+    )]
+    SchemaTooOld {
+        /// The tables, as `schema.prefix_*`.
+        table: String,
+        /// The version recorded in the database.
+        found: u32,
+        /// The oldest version this release works on.
+        required: u32,
+    },
 }
 
 impl Error {

@@ -158,7 +158,7 @@ impl Migrator {
     /// tables, or tables of a release from before versions). One read.
     pub async fn version<DB: Backend>(&self, pool: &sqlx::Pool<DB>) -> Result<u32, Error> {
         let found = <DB as Sealed>::schema_version(pool, &self.tables).await?;
-        Ok(u32::try_from(found.max(0)).unwrap_or(u32::MAX))
+        Ok(schema::recorded(found))
     }
 
     /// The latest schema version this release knows, which

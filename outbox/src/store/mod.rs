@@ -36,7 +36,7 @@ macro_rules! backend {
             fn schema_version<'a>(
                 pool: &'a sqlx::Pool<$db>,
                 tables: &'a $crate::Tables,
-            ) -> futures_util::future::BoxFuture<'a, Result<i64, $crate::Error>> {
+            ) -> futures_util::future::BoxFuture<'a, Result<Option<i64>, $crate::Error>> {
                 Box::pin(version(pool, tables))
             }
 
@@ -275,11 +275,12 @@ pub(crate) mod sealed {
             migrator: &'a Migrator,
         ) -> BoxFuture<'a, Result<(), Error>>;
 
-        /// The recorded schema version (0: none recorded), in one read.
+        /// The recorded schema version, in one read: `None` without a
+        /// version table.
         fn schema_version<'a>(
             pool: &'a sqlx::Pool<Self>,
             tables: &'a Tables,
-        ) -> BoxFuture<'a, Result<i64, Error>>;
+        ) -> BoxFuture<'a, Result<Option<i64>, Error>>;
 
         fn source(pool: sqlx::Pool<Self>, tables: &Tables) -> Arc<dyn Source>;
     }

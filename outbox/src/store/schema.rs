@@ -22,6 +22,12 @@ use crate::tables::Tables;
 /// The latest schema version this release knows.
 pub(crate) const LATEST: u32 = 1;
 
+/// The oldest schema version the Source of this release works on: a
+/// migration that only adds what older releases ignore keeps it lower than
+/// [`LATEST`], so that Runners of the old and new release run side by side
+/// while a deployment rolls.
+pub(crate) const REQUIRED: u32 = 1;
+
 /// The suffix of the version table's name.
 pub(crate) const VERSION_TABLE: &str = "schema_version";
 
@@ -37,6 +43,8 @@ pub(crate) struct Step {
     /// Whether exported migrations hold it: not a repair that only tables
     /// of old releases need and that cannot be written idempotently.
     pub(crate) export: bool,
+    /// Whether `migrate` runs it.
+    pub(crate) run: bool,
 }
 
 impl Step {
@@ -46,6 +54,7 @@ impl Step {
             sql,
             done_if: None,
             export: true,
+            run: true,
         }
     }
 
@@ -55,6 +64,7 @@ impl Step {
             sql,
             done_if: Some(done_if),
             export: true,
+            run: true,
         }
     }
 
@@ -66,7 +76,30 @@ impl Step {
             sql,
             done_if: Some(done_if),
             export: false,
+            run: true,
         }
+    }
+
+    /// The record of `version`: `migrate`, under its lock, inserts it
+    /// (recording a version twice would be a bug, and fails on the primary
+    /// key); exported migrations insert it unless it is there (`insert_new`,
+    /// the same with the dialect's "unless it exists"), so that a team can
+    /// apply them to tables that `migrate` brought to that version.
+    pub(crate) fn record(insert: String, insert_new: String) -> [Self; 2] {
+        [
+            Self {
+                sql: insert,
+                done_if: None,
+                export: false,
+                run: true,
+            },
+            Self {
+                sql: insert_new,
+                done_if: None,
+                export: true,
+                run: false,
+            },
+        ]
     }
 }
 
@@ -115,9 +148,15 @@ pub(crate) enum Plan {
     From(u32),
 }
 
-/// What to do at `found`: refuse a newer schema than this release knows.
-pub(crate) fn plan(tables: &Tables, found: i64) -> Result<Plan, Error> {
-    let found = u32::try_from(found.max(0)).unwrap_or(u32::MAX);
+/// A recorded version as a `u32`; `None` (no version table) is 0.
+pub(crate) fn recorded(found: Option<i64>) -> u32 {
+    u32::try_from(found.unwrap_or(0).max(0)).unwrap_or(u32::MAX)
+}
+
+/// What to do at `found` (`None`: no version table): refuse a newer schema
+/// than this release knows.
+pub(crate) fn plan(tables: &Tables, found: Option<i64>) -> Result<Plan, Error> {
+    let found = recorded(found);
     if found > LATEST {
         return Err(Error::SchemaTooNew {
             table: tables.display_name(),
@@ -130,6 +169,53 @@ pub(crate) fn plan(tables: &Tables, found: i64) -> Result<Plan, Error> {
     } else {
         Plan::From(found)
     })
+}
+
+/// The Source's check, once, before its first statement: tables whose
+/// recorded version is older than [`REQUIRED`] (created by a migration tool
+/// at an older version, or a MySQL migration cut short) are refused with
+/// [`Error::SchemaTooOld`], which says what to apply. Tables without a
+/// version table (of releases before versions; or none at all, which the
+/// statements themselves report) are not checked. Until it passes, it is
+/// checked again on every call, so a Runner goes on once they are migrated.
+pub(crate) struct SchemaCheck {
+    tables: Tables,
+    passed: tokio::sync::OnceCell<()>,
+}
+
+impl SchemaCheck {
+    pub(crate) fn new(tables: &Tables) -> Self {
+        Self {
+            tables: tables.clone(),
+            passed: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    pub(crate) fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// Check, unless it passed before, with `read` (the backend's version
+    /// read, made for [`tables`](Self::tables)).
+    pub(crate) async fn check(
+        &self,
+        read: impl std::future::Future<Output = Result<Option<i64>, Error>>,
+    ) -> Result<(), Error> {
+        if self.passed.initialized() {
+            return Ok(());
+        }
+        match read.await? {
+            Some(found) if found < i64::from(REQUIRED) => Err(Error::SchemaTooOld {
+                table: self.tables.display_name(),
+                found: recorded(Some(found)),
+                required: REQUIRED,
+            }),
+            _ => {
+                let _ = self.passed.set(());
+                Ok(())
+            }
+        }
+    }
 }
 
 /// The error of a migration that gave up waiting for a lock after
@@ -163,9 +249,13 @@ mod tests {
     #[test]
     fn refuses_newer_versions_and_finds_current() {
         let t = Tables::default();
-        assert!(matches!(plan(&t, 0), Ok(Plan::From(0))));
-        assert!(matches!(plan(&t, i64::from(LATEST)), Ok(Plan::Current)));
-        let err = plan(&t, i64::from(LATEST) + 1).err().unwrap();
+        assert!(matches!(plan(&t, None), Ok(Plan::From(0))));
+        assert!(matches!(plan(&t, Some(0)), Ok(Plan::From(0))));
+        assert!(matches!(
+            plan(&t, Some(i64::from(LATEST))),
+            Ok(Plan::Current)
+        ));
+        let err = plan(&t, Some(i64::from(LATEST) + 1)).err().unwrap();
         assert!(err.to_string().contains("does not downgrade"), "{err}");
     }
 

@@ -10,6 +10,7 @@ use sqlx::{Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::dialect::{Dialect, Query, query};
+use super::schema::SchemaCheck;
 use super::shared::{Logic, Store};
 use super::statements::{claimable, claimed_columns, in_window, within_budget};
 use super::{
@@ -29,6 +30,7 @@ const NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
 /// Ids are text; the outbox's own statements bind lists of them as JSON.
 pub(crate) struct SqliteDialect {
     claim: Arc<str>,
+    schema: SchemaCheck,
 }
 
 impl SqliteDialect {
@@ -51,6 +53,7 @@ impl SqliteDialect {
                 claimed_columns::<Self>(""),
             )
             .into(),
+            schema: SchemaCheck::new(tables),
         }
     }
 }
@@ -133,6 +136,10 @@ impl Dialect for SqliteDialect {
     }
     fn rows_affected(result: &SqliteQueryResult) -> u64 {
         result.rows_affected()
+    }
+
+    async fn ready(&self, pool: &SqlitePool) -> Result<(), Error> {
+        self.schema.check(version(pool, self.schema.tables())).await
     }
 
     async fn claim(

@@ -11,4 +11,4 @@ CREATE INDEX IF NOT EXISTS "outbox_dead_letters_failed_idx" ON "outbox_dead_lett
 CREATE OR REPLACE FUNCTION "outbox_events_notify"() RETURNS trigger LANGUAGE plpgsql AS $fn$ BEGIN IF pg_try_advisory_xact_lock(1258266007129143417) THEN PERFORM pg_notify('outbox..outbox', ''); END IF; RETURN NULL; END $fn$;
 DROP TRIGGER IF EXISTS "outbox_events_notify" ON "outbox_events";
 CREATE CONSTRAINT TRIGGER "outbox_events_notify" AFTER INSERT ON "outbox_events" DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "outbox_events_notify"();
-INSERT INTO "outbox_schema_version" (version, name) VALUES (1, 'create_tables');
+INSERT INTO "outbox_schema_version" (version, name) VALUES (1, 'create_tables') ON CONFLICT (version) DO NOTHING;

@@ -6,4 +6,4 @@ CREATE TABLE IF NOT EXISTS "outbox_events" ( id TEXT PRIMARY KEY NOT NULL, event
 CREATE INDEX IF NOT EXISTS "outbox_events_key_idx" ON "outbox_events" (partition_key, id) WHERE partition_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS "outbox_dead_letters" ( event_id TEXT NOT NULL, publisher TEXT NOT NULL, event_type TEXT NOT NULL, version INTEGER NOT NULL, topic TEXT NOT NULL, partition_key TEXT, payload BLOB NOT NULL, headers TEXT NOT NULL, created_at INTEGER NOT NULL, attempts INTEGER NOT NULL, error TEXT NOT NULL, failed_at INTEGER NOT NULL, PRIMARY KEY (event_id, publisher)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS "outbox_dead_letters_failed_idx" ON "outbox_dead_letters" (failed_at);
-INSERT INTO "outbox_schema_version" (version, name, applied_at) VALUES (1, 'create_tables', CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER));
+INSERT OR IGNORE INTO "outbox_schema_version" (version, name, applied_at) VALUES (1, 'create_tables', CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER));

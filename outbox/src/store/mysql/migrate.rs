@@ -131,10 +131,11 @@ fn v1(tables: &Tables) -> Script {
             tables.prefix()
         ),
     ));
-    steps.push(Step::always(format!(
-        "INSERT INTO {vt} (version, name, applied_at) \
-         VALUES (1, '{NAME}', UTC_TIMESTAMP(3))"
-    )));
+    let values = format!("{vt} (version, name, applied_at) VALUES (1, '{NAME}', UTC_TIMESTAMP(3))");
+    steps.extend(Step::record(
+        format!("INSERT INTO {values}"),
+        format!("INSERT IGNORE INTO {values}"),
+    ));
     Script {
         version: 1,
         name: NAME,
@@ -158,15 +159,16 @@ fn number(error: &sqlx::Error) -> Option<u16> {
     }
 }
 
-/// The recorded schema version: 0 when there is no version table.
-pub(crate) async fn version(pool: &MySqlPool, tables: &Tables) -> Result<i64, Error> {
+/// The recorded schema version (0 when none is recorded yet); `None` when
+/// there is no version table.
+pub(crate) async fn version(pool: &MySqlPool, tables: &Tables) -> Result<Option<i64>, Error> {
     match sqlx::query_scalar(AssertSqlSafe(read_version(tables)))
         .persistent(false)
         .fetch_one(pool)
         .await
     {
-        Ok(version) => Ok(version),
-        Err(e) if number(&e).is_some_and(|n| NO_TABLE.contains(&n)) => Ok(0),
+        Ok(version) => Ok(Some(version)),
+        Err(e) if number(&e).is_some_and(|n| NO_TABLE.contains(&n)) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -252,11 +254,11 @@ async fn apply(conn: &mut MySqlConnection, tables: &Tables) -> Result<(), Error>
         Err(e) if number(&e).is_some_and(|n| NO_TABLE.contains(&n)) => 0,
         Err(e) => return Err(e.into()),
     };
-    let Plan::From(found) = schema::plan(tables, found)? else {
+    let Plan::From(found) = schema::plan(tables, Some(found))? else {
         return Ok(());
     };
     for script in scripts(tables).iter().filter(|s| s.version > found) {
-        for step in &script.steps {
+        for step in script.steps.iter().filter(|s| s.run) {
             if let Some(done_if) = &step.done_if {
                 let done: i64 = sqlx::query_scalar(AssertSqlSafe(done_if.clone()))
                     .persistent(false)

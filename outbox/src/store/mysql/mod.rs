@@ -33,6 +33,7 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::dialect::{Dialect, Query, query};
+use super::schema::SchemaCheck;
 use super::shared::{Logic, Store};
 use super::statements::{IDS, WithIds, claimable, claimed_columns, due_ids};
 use super::{
@@ -191,6 +192,7 @@ pub(crate) struct MySqlDialect {
     /// The claimed events, read once leased.
     claimed: WithIds<Self>,
     checked: OnceCell<()>,
+    schema: SchemaCheck,
 }
 
 impl MySqlDialect {
@@ -230,6 +232,7 @@ impl MySqlDialect {
                 claimed_columns::<Self>(""),
             )),
             checked: OnceCell::new(),
+            schema: SchemaCheck::new(tables),
         }
     }
 }
@@ -331,7 +334,8 @@ impl Dialect for MySqlDialect {
         result.rows_affected()
     }
 
-    /// Refuse an old server once, before the first statement that needs it.
+    /// Refuse an old server, and tables at an old schema version, once,
+    /// before the first statement that needs them.
     async fn ready(&self, pool: &MySqlPool) -> Result<(), Error> {
         self.checked
             .get_or_try_init(|| async {
@@ -339,7 +343,7 @@ impl Dialect for MySqlDialect {
                 check_server(&mut conn).await
             })
             .await?;
-        Ok(())
+        self.schema.check(version(pool, self.schema.tables())).await
     }
 
     async fn claim(

@@ -37,10 +37,10 @@ fn sibling(tables: &Tables, suffix: &str) -> String {
     }
 }
 
-fn record(vt: &str, version: u32, name: &str) -> Step {
-    Step::always(format!(
-        "INSERT INTO {vt} (version, name) VALUES ({version}, '{name}')"
-    ))
+fn record(vt: &str, version: u32, name: &str) -> [Step; 2] {
+    let insert = format!("INSERT INTO {vt} (version, name) VALUES ({version}, '{name}')");
+    let insert_new = format!("{insert} ON CONFLICT (version) DO NOTHING");
+    Step::record(insert, insert_new)
 }
 
 /// Version 1: the schema of the releases before versions, statement for
@@ -178,7 +178,7 @@ fn v1(tables: &Tables) -> Script {
     steps.push(Step::always(function));
     steps.push(Step::unless(drop_trigger, trigger_done.clone()));
     steps.push(Step::unless(create_trigger, trigger_done));
-    steps.push(record(&vt, 1, NAME));
+    steps.extend(record(&vt, 1, NAME));
     Script {
         version: 1,
         name: NAME,
@@ -186,8 +186,9 @@ fn v1(tables: &Tables) -> Script {
     }
 }
 
-/// The recorded schema version: 0 when there is no version table.
-pub(crate) async fn version(pool: &PgPool, tables: &Tables) -> Result<i64, Error> {
+/// The recorded schema version (0 when none is recorded yet); `None` when
+/// there is no version table.
+pub(crate) async fn version(pool: &PgPool, tables: &Tables) -> Result<Option<i64>, Error> {
     let vt = tables.qualified(VERSION_TABLE);
     let read = format!("SELECT COALESCE(max(version), 0)::int8 FROM {vt}");
     match sqlx::query_scalar(AssertSqlSafe(read))
@@ -195,9 +196,9 @@ pub(crate) async fn version(pool: &PgPool, tables: &Tables) -> Result<i64, Error
         .fetch_one(pool)
         .await
     {
-        Ok(version) => Ok(version),
+        Ok(version) => Ok(Some(version)),
         Err(sqlx::Error::Database(db)) if db.code().is_some_and(|c| NO_TABLE.contains(&&*c)) => {
-            Ok(0)
+            Ok(None)
         }
         Err(e) => Err(e.into()),
     }
@@ -260,11 +261,11 @@ async fn apply(tx: &mut Transaction<'static, Postgres>, migrator: &Migrator) -> 
     } else {
         0
     };
-    let Plan::From(found) = schema::plan(tables, found)? else {
+    let Plan::From(found) = schema::plan(tables, Some(found))? else {
         return Ok(());
     };
     for script in scripts(tables).iter().filter(|s| s.version > found) {
-        for step in &script.steps {
+        for step in script.steps.iter().filter(|s| s.run) {
             if let Some(done_if) = &step.done_if {
                 let done: i64 = sqlx::query_scalar(AssertSqlSafe(done_if.clone()))
                     .persistent(false)

@@ -18,6 +18,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
 use super::dialect::{Dialect, Query, query};
+use super::schema::SchemaCheck;
 use super::shared::{Logic, Store};
 use super::statements::{claimable, claimed_columns, in_window, within_budget};
 use super::{ClaimLimit, claim_in_window, duration_millis, millis_since_epoch};
@@ -27,11 +28,13 @@ use crate::event::NewEvent;
 use crate::tables::Tables;
 use migrate::{migrate, version};
 
-/// The dialect, and the state of the self-vacuum and the listener.
+/// The dialect, and the state of the self-vacuum, the listener and the
+/// schema check.
 pub(crate) struct PgDialect {
     claim: Arc<str>,
     vacuum: vacuum::Vacuum,
     listener: wakeup::Listener,
+    schema: SchemaCheck,
 }
 
 impl PgDialect {
@@ -59,6 +62,7 @@ impl PgDialect {
             .into(),
             vacuum: vacuum::Vacuum::new(tables),
             listener: wakeup::Listener::new(tables),
+            schema: SchemaCheck::new(tables),
         }
     }
 }
@@ -172,6 +176,10 @@ impl Dialect for PgDialect {
             Ok(events)
         })
         .await
+    }
+
+    async fn ready(&self, pool: &PgPool) -> Result<(), Error> {
+        self.schema.check(version(pool, self.schema.tables())).await
     }
 
     fn deleted(&self, pool: &PgPool, n: u64) {

@@ -37,7 +37,8 @@ fn v1(tables: &Tables) -> Script {
     let dl_idx = index("dead_letters_failed_idx");
     let ev_plain = tables.unqualified("events");
     let dl_plain = tables.unqualified("dead_letters");
-    let steps = vec![
+    let values = format!("{vt} (version, name, applied_at) VALUES (1, '{NAME}', {NOW})");
+    let mut steps = vec![
         Step::always(format!(
             "CREATE TABLE IF NOT EXISTS {vt} ( \
                version INTEGER PRIMARY KEY NOT NULL, \
@@ -99,10 +100,11 @@ fn v1(tables: &Tables) -> Script {
                 tables.schema_name().unwrap_or("main")
             ),
         ),
-        Step::always(format!(
-            "INSERT INTO {vt} (version, name, applied_at) VALUES (1, '{NAME}', {NOW})"
-        )),
     ];
+    steps.extend(Step::record(
+        format!("INSERT INTO {values}"),
+        format!("INSERT OR IGNORE INTO {values}"),
+    ));
     Script {
         version: 1,
         name: NAME,
@@ -117,15 +119,16 @@ fn read_version(tables: &Tables) -> String {
     )
 }
 
-/// The recorded schema version: 0 when there is no version table.
-pub(crate) async fn version(pool: &SqlitePool, tables: &Tables) -> Result<i64, Error> {
+/// The recorded schema version (0 when none is recorded yet); `None` when
+/// there is no version table.
+pub(crate) async fn version(pool: &SqlitePool, tables: &Tables) -> Result<Option<i64>, Error> {
     match sqlx::query_scalar(AssertSqlSafe(read_version(tables)))
         .persistent(false)
         .fetch_one(pool)
         .await
     {
-        Ok(version) => Ok(version),
-        Err(sqlx::Error::Database(db)) if db.message().starts_with("no such table") => Ok(0),
+        Ok(version) => Ok(Some(version)),
+        Err(sqlx::Error::Database(db)) if db.message().starts_with("no such table") => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -193,11 +196,11 @@ async fn apply(conn: &mut SqliteConnection, tables: &Tables) -> Result<(), Error
     } else {
         0
     };
-    let Plan::From(found) = schema::plan(tables, found)? else {
+    let Plan::From(found) = schema::plan(tables, Some(found))? else {
         return Ok(tx.commit().await?);
     };
     for script in scripts(tables).iter().filter(|s| s.version > found) {
-        for step in &script.steps {
+        for step in script.steps.iter().filter(|s| s.run) {
             if let Some(done_if) = &step.done_if {
                 let done: i64 = sqlx::query_scalar(AssertSqlSafe(done_if.clone()))
                     .persistent(false)
