@@ -18,6 +18,9 @@ use outbox_tests::{Answer, Backend, Recorder, TestDb, Tx, on_backend, on_every_b
 use sqlx::{AssertSqlSafe, Connection};
 
 on_every_backend!(
+    ;
+    // All about SQL tables and their schema: the in-memory outbox has none.
+    sql_only: [
     a_current_schema_is_one_read_beside_an_open_write,
     a_migration_that_must_wait_gives_up_within_its_lock_timeout,
     concurrent_migrators_apply_the_schema_once,
@@ -26,6 +29,7 @@ on_every_backend!(
     a_newer_schema_is_refused,
     the_source_refuses_tables_at_an_older_version_until_they_are_migrated,
     exported_migrations_apply_to_tables_that_migrate_made,
+    ],
 );
 on_backend!(
     postgres_only,
@@ -44,6 +48,7 @@ async fn run(db: &TestDb, migrator: &Migrator) -> Result<(), Error> {
         TestDb::Pg { pool, .. } => migrator.run(pool).await,
         TestDb::Sqlite { pool, .. } => migrator.run(pool).await,
         TestDb::MySql { pool, .. } => migrator.run(pool).await,
+        TestDb::Memory { .. } => unreachable!("no SQL tables to migrate"),
     }
 }
 
@@ -54,6 +59,7 @@ async fn version(db: &TestDb, tables: &Tables) -> u32 {
         TestDb::Pg { pool, .. } => migrator.version(pool).await,
         TestDb::Sqlite { pool, .. } => migrator.version(pool).await,
         TestDb::MySql { pool, .. } => migrator.version(pool).await,
+        TestDb::Memory { .. } => unreachable!("no SQL tables to migrate"),
     }
     .unwrap()
 }
@@ -74,6 +80,7 @@ async fn run_script(db: &TestDb, sql: &str) {
         TestDb::MySql { pool, .. } => {
             sqlx::raw_sql(sql).execute(pool).await.unwrap();
         }
+        TestDb::Memory { .. } => unreachable!("no SQL tables to migrate"),
     }
 }
 
@@ -82,6 +89,7 @@ fn exported(backend: Backend, tables: &Tables) -> Vec<Migration> {
         Backend::Postgres => outbox::migrations::postgres(tables),
         Backend::Sqlite => outbox::migrations::sqlite(tables),
         Backend::MySql => outbox::migrations::mysql(tables),
+        Backend::Memory => unreachable!("no SQL tables to migrate"),
     }
 }
 
@@ -388,6 +396,7 @@ fn before_versions_ddl(db: &TestDb) -> Vec<String> {
              \"outbox_dead_letters\" (failed_at)"
                 .to_owned(),
         ],
+        TestDb::Memory { .. } => unreachable!("no SQL tables to migrate"),
     }
 }
 
@@ -403,6 +412,7 @@ async fn bare(backend: Backend, test: &str) -> TestDb {
         Backend::Postgres => TestDb::postgres(test).await,
         Backend::Sqlite => TestDb::sqlite(test).await,
         Backend::MySql => TestDb::mysql(test).await,
+        Backend::Memory => unreachable!("no SQL tables to migrate"),
     }
 }
 
@@ -485,6 +495,7 @@ async fn block_migrations(db: &TestDb) -> Blocker {
             Blocker::MySql(conn)
         }
         TestDb::Sqlite { .. } => Blocker::Sqlite(open_write(db, 99).await),
+        TestDb::Memory { .. } => unreachable!("no SQL tables to migrate"),
     }
 }
 
@@ -599,6 +610,7 @@ async fn a_newer_schema_is_refused(backend: Backend) {
             Backend::Postgres => "now()",
             Backend::MySql => "UTC_TIMESTAMP(3)",
             Backend::Sqlite => "0",
+            Backend::Memory => unreachable!("no SQL tables to migrate"),
         }
     ))
     .await;
