@@ -1,0 +1,417 @@
+//! What happened in one schedule, as the harness saw it: every event
+//! enqueued, committed or rolled back, every claim and outcome the Source
+//! recorded, every publisher call, every fault, kill, retry and purge, each
+//! stamped with a logical tick. The checks read it; the publishers and the
+//! faulty Source check what they can at once.
+
+use std::collections::{BTreeSet, HashMap};
+
+use outbox::{ClaimedEvent, Settlement, Uuid};
+
+/// A logical clock: every journal entry gets the next tick, so that entries
+/// made in the same instant of paused time are still ordered.
+pub type Tick = u64;
+
+/// One event the producers enqueued.
+#[derive(Debug)]
+pub struct Event {
+    pub id: Uuid,
+    pub key: Option<String>,
+    pub event_type: usize,
+    /// When its transaction committed; `None` while open or rolled back.
+    pub committed: Option<Tick>,
+    pub rolled_back: bool,
+    /// When a claim first took it.
+    pub first_claim: Option<Tick>,
+    /// The first fault that may legitimately repeat its deliveries (a lost
+    /// lease, a killed or stopped Runner, a failed store call while it was in
+    /// flight), and when.
+    pub exposed: Option<(Tick, String)>,
+}
+
+/// One call of a publisher.
+#[derive(Debug)]
+pub struct Call {
+    pub seq: usize,
+    pub publisher: usize,
+    pub attempt: u32,
+    pub start: Tick,
+    /// When it returned `Ok` (the destination has the event).
+    pub delivered: Option<Tick>,
+}
+
+/// One Runner incarnation (a restart is a new one).
+#[derive(Debug, Default)]
+pub struct RunnerTrack {
+    pub owner: Option<Uuid>,
+    /// Events it claimed whose outcome it has not recorded yet.
+    pub inflight: BTreeSet<usize>,
+    /// Store calls with an injected fault that have not returned yet.
+    pub active_faults: u32,
+    /// Open from an injected fault until a claim issued after every fault
+    /// returned completes: events it claims meanwhile are exposed.
+    pub window_open: bool,
+    /// Counts injected faults, so a claim knows whether one came since it
+    /// was issued.
+    pub fault_epoch: u64,
+    /// Calls per store method, for the fault decisions.
+    pub calls: [u64; 5],
+    pub alive: bool,
+}
+
+/// Counters for the end-of-run summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub committed: u64,
+    pub rolled_back: u64,
+    pub calls: u64,
+    pub deliveries: u64,
+    pub duplicates: u64,
+    pub store_faults: u64,
+    pub kills: u64,
+    pub stops: u64,
+    pub lease_losses: u64,
+    pub dead_letters: u64,
+    pub retried: u64,
+    pub purged: u64,
+    pub late_commits: u64,
+    pub releases: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Journal {
+    tick: Tick,
+    pub events: Vec<Event>,
+    pub by_id: HashMap<Uuid, usize>,
+    pub runners: Vec<RunnerTrack>,
+    pub calls: Vec<Call>,
+    /// First successful delivery per (event, publisher).
+    pub delivered: HashMap<(usize, usize), Tick>,
+    /// Dead letters not requeued or purged since, per (event, publisher).
+    pub dead_now: HashMap<(usize, usize), Tick>,
+    /// First dead letter per (event, publisher).
+    pub dead_ever: HashMap<(usize, usize), Tick>,
+    /// Purged dead letters per (event, publisher).
+    pub purged: HashMap<(usize, usize), Tick>,
+    pub violations: Vec<String>,
+    pub tally: Tally,
+    /// Publisher names by index.
+    pub publishers: Vec<String>,
+}
+
+impl Journal {
+    pub fn new(publishers: Vec<String>) -> Self {
+        Self {
+            publishers,
+            ..Self::default()
+        }
+    }
+
+    pub fn tick(&mut self) -> Tick {
+        self.tick += 1;
+        self.tick
+    }
+
+    pub fn violation(&mut self, message: String) {
+        tracing::error!(target: "sim", "VIOLATION: {message}");
+        self.violations.push(message);
+    }
+
+    pub fn describe(&self, seq: usize) -> String {
+        let e = &self.events[seq];
+        match &e.key {
+            Some(key) => format!("event #{seq} (key {key})"),
+            None => format!("event #{seq} (no key)"),
+        }
+    }
+
+    pub fn expose(&mut self, seq: usize, why: &str) {
+        if self.events[seq].exposed.is_none() {
+            let tick = self.tick();
+            tracing::debug!(target: "sim", "{} exposed: {why}", self.describe(seq));
+            self.events[seq].exposed = Some((tick, why.to_owned()));
+        }
+    }
+
+    /// Whether a fault exposed this event before `tick`.
+    pub fn exposed_before(&self, seq: usize, tick: Tick) -> bool {
+        self.events[seq]
+            .exposed
+            .as_ref()
+            .is_some_and(|(t, _)| *t < tick)
+    }
+
+    pub fn enqueued(&mut self, id: Uuid, key: Option<String>, event_type: usize) -> usize {
+        let seq = self.events.len();
+        self.events.push(Event {
+            id,
+            key,
+            event_type,
+            committed: None,
+            rolled_back: false,
+            first_claim: None,
+            exposed: None,
+        });
+        self.by_id.insert(id, seq);
+        seq
+    }
+
+    pub fn committed(&mut self, seqs: &[usize], late: bool) {
+        let tick = self.tick();
+        for &seq in seqs {
+            self.events[seq].committed = Some(tick);
+        }
+        self.tally.committed += seqs.len() as u64;
+        if late {
+            self.tally.late_commits += seqs.len() as u64;
+        }
+    }
+
+    pub fn rolled_back(&mut self, seqs: &[usize]) {
+        for &seq in seqs {
+            self.events[seq].rolled_back = true;
+        }
+        self.tally.rolled_back += seqs.len() as u64;
+    }
+
+    fn seq_of(&mut self, id: Uuid, what: &str) -> Option<usize> {
+        let seq = self.by_id.get(&id).copied();
+        if seq.is_none() {
+            self.violation(format!(
+                "{what} an event the producers never enqueued: {id}"
+            ));
+        }
+        seq
+    }
+
+    /// An injected fault starts on runner `r`'s store call: what it has in
+    /// flight may be delivered again.
+    pub fn fault_started(&mut self, r: usize, what: &str) {
+        self.tally.store_faults += 1;
+        let track = &mut self.runners[r];
+        track.active_faults += 1;
+        track.window_open = true;
+        track.fault_epoch += 1;
+        let inflight: Vec<usize> = track.inflight.iter().copied().collect();
+        let why = format!("in flight on runner {r} during {what}");
+        for seq in inflight {
+            self.expose(seq, &why);
+        }
+    }
+
+    pub fn fault_ended(&mut self, r: usize) {
+        let track = &mut self.runners[r];
+        track.active_faults = track.active_faults.saturating_sub(1);
+    }
+
+    /// A claim is issued: the fault epoch it may close the window at.
+    pub fn claim_issued(&self, r: usize) -> Option<u64> {
+        let track = &self.runners[r];
+        (track.active_faults == 0).then_some(track.fault_epoch)
+    }
+
+    /// The store leased `claimed` to runner `r`.
+    pub fn claimed(
+        &mut self,
+        r: usize,
+        claimed: &[ClaimedEvent],
+        reply_lost: bool,
+        clean: Option<u64>,
+    ) {
+        let tick = self.tick();
+        {
+            let track = &mut self.runners[r];
+            if clean == Some(track.fault_epoch) && track.active_faults == 0 {
+                track.window_open = false;
+            }
+        }
+        for c in claimed {
+            let Some(seq) = self.seq_of(c.event.id, "a claim took") else {
+                continue;
+            };
+            if self.events[seq].committed.is_none() {
+                let what = self.describe(seq);
+                self.violation(format!("a claim took {what}, which was never committed"));
+            }
+            self.events[seq].first_claim.get_or_insert(tick);
+            for other in 0..self.runners.len() {
+                if self.runners[other].inflight.remove(&seq) {
+                    self.tally.lease_losses += 1;
+                    if !self.exposed_before(seq, tick) {
+                        let what = self.describe(seq);
+                        self.violation(format!(
+                            "runner {r} claimed {what} (attempt {}) while runner {other} still had it in flight, and no fault touched it: a lease was lost",
+                            c.event.attempt
+                        ));
+                    }
+                    self.expose(seq, &format!("lease lost by runner {other}"));
+                }
+            }
+            if reply_lost {
+                self.expose(seq, &format!("claim reply to runner {r} lost"));
+            } else {
+                self.runners[r].inflight.insert(seq);
+                if self.runners[r].window_open {
+                    self.expose(seq, &format!("claimed by runner {r} in a fault window"));
+                }
+            }
+        }
+    }
+
+    /// Runner `r` acknowledged (or tried to) these events: it is done with them.
+    pub fn acked(&mut self, r: usize, ids: &[Uuid]) {
+        for id in ids {
+            if let Some(seq) = self.seq_of(*id, "an ack named") {
+                self.runners[r].inflight.remove(&seq);
+            }
+        }
+    }
+
+    /// The store recorded runner `r`'s settlement (`recorded`), or fenced
+    /// it off.
+    pub fn settled(&mut self, r: usize, s: &Settlement, recorded: bool) {
+        let Some(seq) = self.seq_of(s.id, "a settlement named") else {
+            return;
+        };
+        self.runners[r].inflight.remove(&seq);
+        if !recorded {
+            return;
+        }
+        let tick = self.tick();
+        for failure in &s.dead_letters {
+            let Some(p) = self.publisher_index(&failure.publisher) else {
+                continue;
+            };
+            self.tally.dead_letters += 1;
+            if self.delivered.contains_key(&(seq, p)) && !self.exposed_before(seq, tick) {
+                let what = self.describe(seq);
+                let name = &self.publishers[p];
+                self.violation(format!(
+                    "{what} was dead-lettered for {name}, which had delivered it: {}",
+                    failure.error
+                ));
+            }
+            self.dead_now.insert((seq, p), tick);
+            self.dead_ever.entry((seq, p)).or_insert(tick);
+        }
+    }
+
+    pub fn released(&mut self, r: usize, ids: &[Uuid]) {
+        self.tally.releases += ids.len() as u64;
+        for id in ids {
+            if let Some(seq) = self.seq_of(*id, "a release named") {
+                self.runners[r].inflight.remove(&seq);
+                self.expose(seq, &format!("released by runner {r} at shutdown"));
+            }
+        }
+    }
+
+    /// Runner `r` is gone (killed, or stopped): what it had in flight may
+    /// be delivered again.
+    pub fn runner_gone(&mut self, r: usize, why: &str) {
+        let track = &mut self.runners[r];
+        track.alive = false;
+        let inflight = std::mem::take(&mut track.inflight);
+        for seq in inflight {
+            self.expose(seq, &format!("in flight on runner {r} when it was {why}"));
+        }
+    }
+
+    pub fn publisher_index(&mut self, name: &str) -> Option<usize> {
+        let p = self.publishers.iter().position(|n| n == name);
+        if p.is_none() {
+            self.violation(format!("a publisher the schedule does not have: {name}"));
+        }
+        p
+    }
+
+    /// Dead letters an operator action (or retention) removed: `requeued`
+    /// ones are owed again, the others were purged.
+    pub fn dead_letters_removed(&mut self, removed: &[(Uuid, String)], requeued: bool) {
+        let tick = self.tick();
+        for (id, name) in removed {
+            let (Some(seq), Some(p)) = (
+                self.seq_of(*id, "a dead letter named"),
+                self.publisher_index(name),
+            ) else {
+                continue;
+            };
+            self.dead_now.remove(&(seq, p));
+            if requeued {
+                self.tally.retried += 1;
+            } else {
+                self.tally.purged += 1;
+                self.purged.insert((seq, p), tick);
+            }
+        }
+    }
+
+    /// A publisher is called: check that it is owed the event.
+    pub fn call_started(&mut self, publisher: usize, id: Uuid, attempt: u32) -> Option<usize> {
+        let seq = self.seq_of(id, "a publisher was called with")?;
+        let tick = self.tick();
+        self.tally.calls += 1;
+        let what = self.describe(seq);
+        let name = self.publishers[publisher].clone();
+        let e = &self.events[seq];
+        if e.rolled_back || e.committed.is_none() {
+            self.violation(format!(
+                "{name} was called with {what}, whose transaction did not commit"
+            ));
+        }
+        let exposed = self.exposed_before(seq, tick);
+        if !exposed {
+            if self.delivered.contains_key(&(seq, publisher)) {
+                self.violation(format!(
+                    "{name} was called again (attempt {attempt}) with {what} after it delivered it, and no fault touched it"
+                ));
+            }
+            if self.dead_now.contains_key(&(seq, publisher)) {
+                self.violation(format!(
+                    "{name} was called (attempt {attempt}) with {what}, whose delivery to it is dead-lettered and was not retried"
+                ));
+            }
+            if self.purged.contains_key(&(seq, publisher)) {
+                self.violation(format!(
+                    "{name} was called (attempt {attempt}) with {what} after its dead letter was purged"
+                ));
+            }
+        }
+        self.calls.push(Call {
+            seq,
+            publisher,
+            attempt,
+            start: tick,
+            delivered: None,
+        });
+        Some(self.calls.len() - 1)
+    }
+
+    pub fn call_delivered(&mut self, call: usize) {
+        let tick = self.tick();
+        let c = &mut self.calls[call];
+        c.delivered = Some(tick);
+        let key = (c.seq, c.publisher);
+        self.tally.deliveries += 1;
+        if self.delivered.contains_key(&key) {
+            self.tally.duplicates += 1;
+        } else {
+            self.delivered.insert(key, tick);
+        }
+    }
+
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = self.tick;
+        for c in &self.calls {
+            let parts = [
+                c.seq as u64,
+                c.publisher as u64,
+                u64::from(c.attempt),
+                c.start,
+                c.delivered.unwrap_or(0),
+            ];
+            h = crate::plan::mix(h, &parts);
+        }
+        h
+    }
+}
