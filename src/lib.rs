@@ -11,12 +11,13 @@ mod macros;
 pub mod pg_cluster;
 pub mod proxy;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use outbox::testing::{MemoryOutbox, MemoryTransaction};
 use outbox::{
     Context, FailureKind, NewEvent, OutboxEvent, PublishError, Publisher, RunnerBuilder, Source,
     StateRequirement, Tables, Uuid,
@@ -80,6 +81,14 @@ pub enum TestDb {
         /// The database.
         database: String,
     },
+    /// `outbox::testing::MemoryOutbox`es: one per pair of tables (by
+    /// prefix), made when they are migrated or first used.
+    Memory {
+        /// The outboxes by table prefix.
+        outboxes: Arc<Mutex<BTreeMap<String, MemoryOutbox>>>,
+        /// The ids of the committed business rows (`insert_order`).
+        orders: Arc<Mutex<Vec<i64>>>,
+    },
 }
 
 /// Which backend a test runs on.
@@ -91,6 +100,8 @@ pub enum Backend {
     Sqlite,
     /// MySQL 8 / MariaDB 10.6+.
     MySql,
+    /// `outbox::testing::MemoryOutbox`: no database.
+    Memory,
 }
 
 impl Backend {
@@ -109,10 +120,13 @@ impl TestDb {
             Backend::Postgres => Self::postgres(test).await,
             Backend::Sqlite => Self::sqlite(test).await,
             Backend::MySql => Self::mysql(test).await,
+            Backend::Memory => Self::memory(),
         };
         db.migrate().await;
-        db.exec("CREATE TABLE orders (id BIGINT PRIMARY KEY, total_cents BIGINT NOT NULL)")
-            .await;
+        if backend != Backend::Memory {
+            db.exec("CREATE TABLE orders (id BIGINT PRIMARY KEY, total_cents BIGINT NOT NULL)")
+                .await;
+        }
         db
     }
 
@@ -182,12 +196,44 @@ impl TestDb {
         Self::MySql { pool, database }
     }
 
+    /// An empty in-memory outbox (migrated or not, it works), whose clock
+    /// shows the host's time (the scenarios compare times with it).
+    pub fn memory() -> Self {
+        Self::Memory {
+            outboxes: Arc::default(),
+            orders: Arc::default(),
+        }
+    }
+
+    /// The in-memory outbox of `tables`, made on first use.
+    fn memory_outbox_of(
+        outboxes: &Mutex<BTreeMap<String, MemoryOutbox>>,
+        tables: &Tables,
+    ) -> MemoryOutbox {
+        outboxes
+            .lock()
+            .unwrap()
+            .entry(tables.prefix().to_owned())
+            .or_insert_with(|| MemoryOutbox::new().clock_start(SystemTime::now()))
+            .clone()
+            .with_tables(tables.clone())
+    }
+
+    /// The in-memory outbox of this test's tables, on the in-memory backend.
+    pub fn memory_outbox(&self) -> Option<MemoryOutbox> {
+        match self {
+            Self::Memory { outboxes, .. } => Some(Self::memory_outbox_of(outboxes, &self.tables())),
+            _ => None,
+        }
+    }
+
     /// The outbox tables of this test.
     pub fn tables(&self) -> Tables {
         match self {
             Self::Pg { schema, .. } => Tables::default().schema(schema.clone()).unwrap(),
             Self::Sqlite { .. } => Tables::default(),
             Self::MySql { database, .. } => Tables::default().schema(database.clone()).unwrap(),
+            Self::Memory { .. } => Tables::default(),
         }
     }
 
@@ -212,13 +258,21 @@ impl TestDb {
             Self::Pg { pool, .. } => tables.migrate(pool).await,
             Self::Sqlite { pool, .. } => tables.migrate(pool).await,
             Self::MySql { pool, .. } => tables.migrate(pool).await,
+            Self::Memory { outboxes, .. } => {
+                Self::memory_outbox_of(outboxes, tables);
+                Ok(())
+            }
         }
     }
 
     /// Run one statement.
     pub async fn exec(&self, sql: &str) -> u64 {
+        if let Self::Memory { .. } = self {
+            no_sql(sql)
+        }
         let sql = AssertSqlSafe(sql.to_owned());
         match self {
+            Self::Memory { .. } => unreachable!(),
             Self::Pg { pool, .. } => sqlx::query(sql)
                 .execute(pool)
                 .await
@@ -239,11 +293,23 @@ impl TestDb {
 
     /// Run a query returning one integer.
     pub async fn scalar(&self, sql: &str) -> i64 {
+        if let Self::Memory { .. } = self {
+            no_sql(sql)
+        }
         let sql = AssertSqlSafe(sql.to_owned());
         match self {
+            Self::Memory { .. } => unreachable!(),
             Self::Pg { pool, .. } => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
             Self::Sqlite { pool, .. } => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
             Self::MySql { pool, .. } => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        }
+    }
+
+    /// How many business rows (`Tx::insert_order`) were committed.
+    pub async fn orders(&self) -> i64 {
+        match self {
+            Self::Memory { orders, .. } => orders.lock().unwrap().len() as i64,
+            _ => self.scalar("SELECT count(*) FROM orders").await,
         }
     }
 
@@ -258,6 +324,11 @@ impl TestDb {
             Self::Pg { pool, .. } => Tx::Pg(pool.begin().await.unwrap(), tables),
             Self::Sqlite { pool, .. } => Tx::Sqlite(pool.begin().await.unwrap(), tables),
             Self::MySql { pool, .. } => Tx::MySql(pool.begin().await.unwrap(), tables),
+            Self::Memory { outboxes, orders } => Tx::Memory(MemoryTx {
+                tx: Self::memory_outbox_of(outboxes, &tables).begin(),
+                orders: Vec::new(),
+                committed: orders.clone(),
+            }),
         }
     }
 
@@ -268,9 +339,14 @@ impl TestDb {
             Self::Pg { pool, .. } => outbox::Runner::builder(pool.clone()),
             Self::Sqlite { pool, .. } => outbox::Runner::builder(pool.clone()),
             Self::MySql { pool, .. } => outbox::Runner::builder(pool.clone()),
+            Self::Memory { .. } => outbox::Runner::with_source(self.source()),
+        };
+        let builder = match self {
+            // A Runner over a given Source takes no tables.
+            Self::Memory { .. } => builder,
+            _ => builder.tables(self.tables()),
         };
         builder
-            .tables(self.tables())
             .without_registered()
             .poll_interval(Duration::from_millis(20))
             .backoff(Duration::from_millis(10), Duration::from_millis(100))
@@ -300,6 +376,7 @@ impl TestDb {
             Self::Pg { pool, .. } => outbox::source(pool.clone(), tables),
             Self::Sqlite { pool, .. } => outbox::source(pool.clone(), tables),
             Self::MySql { pool, .. } => outbox::source(pool.clone(), tables),
+            Self::Memory { outboxes, .. } => Self::memory_outbox_of(outboxes, tables).source(),
         }
     }
 
@@ -335,8 +412,25 @@ impl TestDb {
                     .unwrap();
                 admin.close().await;
             }
+            Self::Memory { .. } => {}
         }
     }
+}
+
+/// A scenario ran SQL on the in-memory backend: it belongs in the list of
+/// scenarios that only the SQL backends run.
+fn no_sql(sql: &str) -> ! {
+    panic!(
+        "the in-memory backend runs no SQL ({sql}); list this scenario among the SQL-only ones \
+         of `on_every_backend!`, saying why"
+    )
+}
+
+/// A transaction of the in-memory backend, with its business rows.
+pub struct MemoryTx {
+    tx: MemoryTransaction,
+    orders: Vec<i64>,
+    committed: Arc<Mutex<Vec<i64>>>,
 }
 
 /// A transaction on either backend.
@@ -347,6 +441,8 @@ pub enum Tx {
     Sqlite(Transaction<'static, Sqlite>, Tables),
     /// MySQL/MariaDB.
     MySql(Transaction<'static, MySql>, Tables),
+    /// In memory.
+    Memory(MemoryTx),
 }
 
 impl Tx {
@@ -378,6 +474,7 @@ impl Tx {
                     .await
                     .unwrap();
             }
+            Self::Memory(tx) => tx.orders.push(id),
         }
     }
 
@@ -387,6 +484,7 @@ impl Tx {
             Self::Pg(tx, t) => t.enqueue(tx, event).await.unwrap(),
             Self::Sqlite(tx, t) => t.enqueue(tx, event).await.unwrap(),
             Self::MySql(tx, t) => t.enqueue(tx, event).await.unwrap(),
+            Self::Memory(tx) => tx.tx.enqueue(event).unwrap(),
         }
     }
 
@@ -396,6 +494,7 @@ impl Tx {
             Self::Pg(tx, t) => t.enqueue_all(tx, events).await.unwrap(),
             Self::Sqlite(tx, t) => t.enqueue_all(tx, events).await.unwrap(),
             Self::MySql(tx, t) => t.enqueue_all(tx, events).await.unwrap(),
+            Self::Memory(tx) => tx.tx.enqueue_all(events).unwrap(),
         }
     }
 
@@ -410,6 +509,7 @@ impl Tx {
             Self::Pg(tx, t) => t.enqueue_raw(tx, events).await,
             Self::Sqlite(tx, t) => t.enqueue_raw(tx, events).await,
             Self::MySql(tx, t) => t.enqueue_raw(tx, events).await,
+            Self::Memory(tx) => tx.tx.enqueue_raw(events),
         }
     }
 
@@ -419,6 +519,10 @@ impl Tx {
             Self::Pg(tx, _) => tx.commit().await.unwrap(),
             Self::Sqlite(tx, _) => tx.commit().await.unwrap(),
             Self::MySql(tx, _) => tx.commit().await.unwrap(),
+            Self::Memory(tx) => {
+                tx.tx.commit();
+                tx.committed.lock().unwrap().extend(tx.orders);
+            }
         }
     }
 
@@ -428,6 +532,7 @@ impl Tx {
             Self::Pg(tx, _) => tx.rollback().await.unwrap(),
             Self::Sqlite(tx, _) => tx.rollback().await.unwrap(),
             Self::MySql(tx, _) => tx.rollback().await.unwrap(),
+            Self::Memory(tx) => tx.tx.rollback(),
         }
     }
 }

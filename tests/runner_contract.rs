@@ -61,9 +61,12 @@ on_every_backend!(
     two_runners_with_slow_publishers_publish_each_event_once,
     an_error_text_with_a_nul_byte_is_dead_lettered_once,
     fields_that_do_not_fit_are_refused_before_any_statement,
-    a_drain_whose_claims_keep_failing_returns_the_error,
     a_no_publisher_dead_letter_of_an_older_release_reaches_every_publisher,
     a_retried_dead_letter_waits_for_its_publisher,
+    ;
+    // Not on the in-memory outbox: its claims fail because the tables were
+    // never migrated, and memory has no tables to be missing.
+    sql_only: [a_drain_whose_claims_keep_failing_returns_the_error],
 );
 
 async fn commit_publishes_and_rollback_never_does(backend: Backend) {
@@ -80,7 +83,7 @@ async fn commit_publishes_and_rollback_never_does(backend: Backend) {
     assert_eq!(report.published, 1);
     let keys: Vec<_> = rec.calls().into_iter().map(|c| c.key).collect();
     assert_eq!(keys, vec![Some("1".to_owned())]);
-    assert_eq!(db.scalar("SELECT count(*) FROM orders").await, 1);
+    assert_eq!(db.orders().await, 1);
     assert_eq!(db.pending().await, 0);
     db.cleanup().await;
 }

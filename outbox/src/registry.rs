@@ -27,7 +27,7 @@ pub fn registered_event_types() -> impl Iterator<Item = &'static EventTypeInfo> 
 }
 
 /// A `#[publisher]` function as a [`Publisher`].
-struct Registered(&'static PublisherRegistration);
+pub(crate) struct Registered(pub(crate) &'static PublisherRegistration);
 
 #[async_trait]
 impl Publisher for Registered {
