@@ -121,20 +121,23 @@ pub fn at_end(sim: &Sim) {
 /// dead letter retried after its key moved on; a delivery repeated by a
 /// fault.
 fn order(sim: &Sim, j: &mut crate::journal::Journal) {
-    let mut by_key: BTreeMap<(usize, String), Vec<(Uuid, usize, u64)>> = BTreeMap::new();
-    for (&(seq, p), &tick) in &j.delivered {
+    let mut by_key: BTreeMap<(usize, String), Vec<(Uuid, usize, u64, usize)>> = BTreeMap::new();
+    for &(seq, p) in j.delivered.keys() {
+        let Some((tick, claim)) = j.first_delivery(seq, p) else {
+            continue;
+        };
         if let Some(key) = &j.events[seq].key {
             by_key
                 .entry((p, key.clone()))
                 .or_default()
-                .push((j.events[seq].id, seq, tick));
+                .push((j.events[seq].id, seq, tick, claim));
         }
     }
     let mut found = Vec::new();
     for ((p, key), mut firsts) in by_key {
         firsts.sort();
-        for (i, &(_, earlier, earlier_at)) in firsts.iter().enumerate() {
-            for &(_, later, later_at) in &firsts[i + 1..] {
+        for (i, &(_, earlier, earlier_at, claim)) in firsts.iter().enumerate() {
+            for &(_, later, later_at, _) in &firsts[i + 1..] {
                 if earlier_at < later_at {
                     continue;
                 }
@@ -146,7 +149,7 @@ fn order(sim: &Sim, j: &mut crate::journal::Journal) {
                     && j.dead_ever
                         .get(&(earlier, p))
                         .is_some_and(|&t| t < earlier_at);
-                let repeated = j.exposed_before(earlier, earlier_at);
+                let repeated = j.exposed_before(claim, earlier_at);
                 if !(late_commit || retried || repeated) {
                     found.push(format!(
                         "{} received event #{later} before event #{earlier} of key {key}, which was enqueued first and committed before #{later} was claimed",

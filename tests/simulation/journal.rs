@@ -4,7 +4,7 @@
 //! stamped with a logical tick. The checks read it; the publishers and the
 //! faulty Source check what they can at once.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use outbox::{ClaimedEvent, Settlement, Uuid};
 
@@ -23,9 +23,17 @@ pub struct Event {
     pub rolled_back: bool,
     /// When a claim first took it.
     pub first_claim: Option<Tick>,
-    /// The first fault that may legitimately repeat its deliveries (a lost
-    /// lease, a killed or stopped Runner, a failed store call while it was in
-    /// flight), and when.
+}
+
+/// One claim of one event by one Runner.
+#[derive(Debug)]
+pub struct Claim {
+    pub seq: usize,
+    pub runner: usize,
+    /// The first fault that may have kept this claim's outcome from being
+    /// recorded (a lost lease, a killed or stopped Runner, a failed or slow
+    /// store call while it was in flight), and when: only then may what
+    /// its publishers delivered be delivered again.
     pub exposed: Option<(Tick, String)>,
 }
 
@@ -34,6 +42,8 @@ pub struct Event {
 pub struct Call {
     pub seq: usize,
     pub publisher: usize,
+    /// The claim it was made under.
+    pub claim: usize,
     pub attempt: u32,
     pub start: Tick,
     /// When it returned `Ok` (the destination has the event).
@@ -44,8 +54,9 @@ pub struct Call {
 #[derive(Debug, Default)]
 pub struct RunnerTrack {
     pub owner: Option<Uuid>,
-    /// Events it claimed whose outcome it has not recorded yet.
-    pub inflight: BTreeSet<usize>,
+    /// Events it claimed whose outcome it has not recorded yet, with their
+    /// claims.
+    pub inflight: BTreeMap<usize, usize>,
     /// Store calls with an injected fault that have not returned yet.
     pub active_faults: u32,
     /// Open from an injected fault until a claim issued after every fault
@@ -84,9 +95,13 @@ pub struct Journal {
     pub events: Vec<Event>,
     pub by_id: HashMap<Uuid, usize>,
     pub runners: Vec<RunnerTrack>,
+    pub claims: Vec<Claim>,
+    /// The latest claim of each (event, attempt).
+    pub claim_of: HashMap<(usize, u32), usize>,
     pub calls: Vec<Call>,
-    /// First successful delivery per (event, publisher).
-    pub delivered: HashMap<(usize, usize), Tick>,
+    /// Successful deliveries per (event, publisher): when, and under which
+    /// claim; the first one first.
+    pub delivered: HashMap<(usize, usize), Vec<(Tick, usize)>>,
     /// Dead letters not requeued or purged since, per (event, publisher).
     pub dead_now: HashMap<(usize, usize), Tick>,
     /// First dead letter per (event, publisher).
@@ -125,20 +140,37 @@ impl Journal {
         }
     }
 
-    pub fn expose(&mut self, seq: usize, why: &str) {
-        if self.events[seq].exposed.is_none() {
+    pub fn expose(&mut self, claim: usize, why: &str) {
+        if self.claims[claim].exposed.is_none() {
             let tick = self.tick();
-            tracing::debug!(target: "sim", "{} exposed: {why}", self.describe(seq));
-            self.events[seq].exposed = Some((tick, why.to_owned()));
+            let (seq, runner) = (self.claims[claim].seq, self.claims[claim].runner);
+            let what = self.describe(seq);
+            tracing::debug!(target: "sim", "claim {claim} of {what} by runner {runner} exposed: {why}");
+            self.claims[claim].exposed = Some((tick, why.to_owned()));
         }
     }
 
-    /// Whether a fault exposed this event before `tick`.
-    pub fn exposed_before(&self, seq: usize, tick: Tick) -> bool {
-        self.events[seq]
+    /// Whether a fault exposed this claim before `tick`.
+    pub fn exposed_before(&self, claim: usize, tick: Tick) -> bool {
+        self.claims[claim]
             .exposed
             .as_ref()
             .is_some_and(|(t, _)| *t < tick)
+    }
+
+    /// When `publisher` first delivered `seq`.
+    pub fn first_delivery(&self, seq: usize, publisher: usize) -> Option<(Tick, usize)> {
+        self.delivered
+            .get(&(seq, publisher))
+            .and_then(|d| d.first().copied())
+    }
+
+    /// Whether some delivery of `seq` to `publisher` before `tick` was made
+    /// under a claim a fault exposed: its outcome may not have been recorded.
+    fn repeat_allowed(&self, seq: usize, publisher: usize, tick: Tick) -> bool {
+        self.delivered
+            .get(&(seq, publisher))
+            .is_some_and(|d| d.iter().any(|&(_, claim)| self.exposed_before(claim, tick)))
     }
 
     pub fn enqueued(&mut self, id: Uuid, key: Option<String>, event_type: usize) -> usize {
@@ -150,7 +182,6 @@ impl Journal {
             committed: None,
             rolled_back: false,
             first_claim: None,
-            exposed: None,
         });
         self.by_id.insert(id, seq);
         seq
@@ -192,10 +223,10 @@ impl Journal {
         track.active_faults += 1;
         track.window_open = true;
         track.fault_epoch += 1;
-        let inflight: Vec<usize> = track.inflight.iter().copied().collect();
+        let inflight: Vec<usize> = track.inflight.values().copied().collect();
         let why = format!("in flight on runner {r} during {what}");
-        for seq in inflight {
-            self.expose(seq, &why);
+        for claim in inflight {
+            self.expose(claim, &why);
         }
     }
 
@@ -235,24 +266,31 @@ impl Journal {
             }
             self.events[seq].first_claim.get_or_insert(tick);
             for other in 0..self.runners.len() {
-                if self.runners[other].inflight.remove(&seq) {
+                if let Some(old) = self.runners[other].inflight.remove(&seq) {
                     self.tally.lease_losses += 1;
-                    if !self.exposed_before(seq, tick) {
+                    if !self.exposed_before(old, tick) {
                         let what = self.describe(seq);
                         self.violation(format!(
-                            "runner {r} claimed {what} (attempt {}) while runner {other} still had it in flight, and no fault touched it: a lease was lost",
+                            "runner {r} claimed {what} (attempt {}) while runner {other} still had it in flight, and no fault touched that claim: a lease was lost",
                             c.event.attempt
                         ));
                     }
-                    self.expose(seq, &format!("lease lost by runner {other}"));
+                    self.expose(old, &format!("lease lost by runner {other}"));
                 }
             }
+            self.claims.push(Claim {
+                seq,
+                runner: r,
+                exposed: None,
+            });
+            let claim = self.claims.len() - 1;
+            self.claim_of.insert((seq, c.event.attempt), claim);
             if reply_lost {
-                self.expose(seq, &format!("claim reply to runner {r} lost"));
+                self.expose(claim, &format!("claim reply to runner {r} lost"));
             } else {
-                self.runners[r].inflight.insert(seq);
+                self.runners[r].inflight.insert(seq, claim);
                 if self.runners[r].window_open {
-                    self.expose(seq, &format!("claimed by runner {r} in a fault window"));
+                    self.expose(claim, &format!("claimed by runner {r} in a fault window"));
                 }
             }
         }
@@ -273,17 +311,21 @@ impl Journal {
         let Some(seq) = self.seq_of(s.id, "a settlement named") else {
             return;
         };
-        self.runners[r].inflight.remove(&seq);
+        let claim = self.runners[r].inflight.remove(&seq);
         if !recorded {
             return;
         }
         let tick = self.tick();
+        let stale = claim.is_some_and(|c| self.exposed_before(c, tick));
         for failure in &s.dead_letters {
             let Some(p) = self.publisher_index(&failure.publisher) else {
                 continue;
             };
             self.tally.dead_letters += 1;
-            if self.delivered.contains_key(&(seq, p)) && !self.exposed_before(seq, tick) {
+            if self.delivered.contains_key(&(seq, p))
+                && !stale
+                && !self.repeat_allowed(seq, p, tick)
+            {
                 let what = self.describe(seq);
                 let name = &self.publishers[p];
                 self.violation(format!(
@@ -299,9 +341,10 @@ impl Journal {
     pub fn released(&mut self, r: usize, ids: &[Uuid]) {
         self.tally.releases += ids.len() as u64;
         for id in ids {
-            if let Some(seq) = self.seq_of(*id, "a release named") {
-                self.runners[r].inflight.remove(&seq);
-                self.expose(seq, &format!("released by runner {r} at shutdown"));
+            if let Some(seq) = self.seq_of(*id, "a release named")
+                && let Some(claim) = self.runners[r].inflight.remove(&seq)
+            {
+                self.expose(claim, &format!("released by runner {r} at shutdown"));
             }
         }
     }
@@ -312,8 +355,8 @@ impl Journal {
         let track = &mut self.runners[r];
         track.alive = false;
         let inflight = std::mem::take(&mut track.inflight);
-        for seq in inflight {
-            self.expose(seq, &format!("in flight on runner {r} when it was {why}"));
+        for claim in inflight.into_values() {
+            self.expose(claim, &format!("in flight on runner {r} when it was {why}"));
         }
     }
 
@@ -359,11 +402,18 @@ impl Journal {
                 "{name} was called with {what}, whose transaction did not commit"
             ));
         }
-        let exposed = self.exposed_before(seq, tick);
-        if !exposed {
-            if self.delivered.contains_key(&(seq, publisher)) {
+        let Some(&claim) = self.claim_of.get(&(seq, attempt)) else {
+            self.violation(format!(
+                "{name} was called with {what}, attempt {attempt}, which no claim took"
+            ));
+            return None;
+        };
+        if !self.exposed_before(claim, tick) {
+            if self.delivered.contains_key(&(seq, publisher))
+                && !self.repeat_allowed(seq, publisher, tick)
+            {
                 self.violation(format!(
-                    "{name} was called again (attempt {attempt}) with {what} after it delivered it, and no fault touched it"
+                    "{name} was called again (attempt {attempt}) with {what} after it delivered it, and no fault touched either claim"
                 ));
             }
             if self.dead_now.contains_key(&(seq, publisher)) {
@@ -380,6 +430,7 @@ impl Journal {
         self.calls.push(Call {
             seq,
             publisher,
+            claim,
             attempt,
             start: tick,
             delivered: None,
@@ -391,13 +442,13 @@ impl Journal {
         let tick = self.tick();
         let c = &mut self.calls[call];
         c.delivered = Some(tick);
-        let key = (c.seq, c.publisher);
+        let (key, claim) = ((c.seq, c.publisher), c.claim);
         self.tally.deliveries += 1;
-        if self.delivered.contains_key(&key) {
+        let deliveries = self.delivered.entry(key).or_default();
+        if !deliveries.is_empty() {
             self.tally.duplicates += 1;
-        } else {
-            self.delivered.insert(key, tick);
         }
+        deliveries.push((tick, claim));
     }
 
     pub fn fingerprint(&self) -> u64 {

@@ -165,7 +165,14 @@ impl RunnerCfg {
             batch_size: rng.usize(1..=8),
             concurrency: rng.usize(1..=4),
             max_attempts: rng.u32(1..=5),
-            lease: publish_timeout + ms(&mut rng, 50..=4_000),
+            // Often barely longer than the publish timeout: a batch then
+            // outlives its lease unless the Runner renews it.
+            lease: publish_timeout
+                + if rng.bool() {
+                    ms(&mut rng, 50..=500)
+                } else {
+                    ms(&mut rng, 500..=4_000)
+                },
             publish_timeout,
             poll_interval: ms(&mut rng, 10..=300),
             backoff: (initial, initial.mul_f64(1.0 + rng.f64() * 19.0)),

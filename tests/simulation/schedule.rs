@@ -25,7 +25,6 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(3600);
 pub struct Outcome {
     pub violations: Vec<String>,
     pub tally: Tally,
-    pub plan: Plan,
     /// Paused time the schedule took.
     pub took: Duration,
     /// A hash of every publisher call, in order, with its ticks: two runs
@@ -325,7 +324,6 @@ async fn schedule(seed: u64) -> Outcome {
     Outcome {
         violations: journal.violations.clone(),
         tally: journal.tally,
-        plan,
         took: started.elapsed(),
         fingerprint: journal.fingerprint(),
     }
