@@ -29,6 +29,7 @@ on_every_backend!(
     retry_waits_for_its_delay,
     retrying_dead_letters_leaves_waiting_events_alone,
     dead_letters_of_many_events_are_retried_at_once,
+    a_late_commit_ahead_of_a_parked_event_is_pending,
     ;
     // Not on the in-memory outbox: these alter or backdate rows with SQL.
     // The memory clock's version of the second is
@@ -864,4 +865,49 @@ async fn purged_by_age(db: &TestDb, owner: Uuid, events: &[NewEvent]) {
             .unwrap(),
         1
     );
+}
+
+/// An event whose transaction commits late, with an older id than a parked
+/// event of its key, is ahead of that event, not behind it: claimable, and
+/// counted as pending (else `drain()` returns with it in the outbox). Found
+/// by the simulation (`tests/simulation`, seed 128).
+async fn a_late_commit_ahead_of_a_parked_event_is_pending(backend: Backend) {
+    let db = TestDb::new(backend, "late_ahead_of_parked").await;
+    let late = NewEvent::new("test.e", "late").partition_key("k");
+    let parked = NewEvent::new("test.e", "parked").partition_key("k");
+    let source = db.source();
+    let owner = Uuid::now_v7();
+    enqueue_raw(&db, std::slice::from_ref(&parked)).await;
+    let claimed = source.claim(owner, 10, LEASE).await.unwrap();
+    assert_eq!(sorted_ids(&claimed), vec![parked.id]);
+    let park = Settlement::new(
+        parked.id,
+        Outcome::Park {
+            error: "sink: refused".into(),
+        },
+    )
+    .with_dead_letters(vec![Failure {
+        publisher: "sink".into(),
+        error: "refused".into(),
+    }]);
+    assert!(source.settle(owner, &park).await.unwrap());
+    assert_eq!(
+        source.pending().await.unwrap(),
+        0,
+        "a parked event is pending"
+    );
+
+    enqueue_raw(&db, std::slice::from_ref(&late)).await;
+    assert_eq!(
+        source.pending().await.unwrap(),
+        1,
+        "the late event was counted as behind the parked one"
+    );
+    let next = source.claim(owner, 10, LEASE).await.unwrap();
+    assert_eq!(
+        sorted_ids(&next),
+        vec![late.id],
+        "the late event heads its key"
+    );
+    db.cleanup().await;
 }

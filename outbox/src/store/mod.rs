@@ -119,7 +119,9 @@ pub trait Source: Send + Sync + 'static {
 
     /// How many events in the outbox can still be published without an
     /// operator, due or not: parked events, and the events of their keys
-    /// behind them, are not counted.
+    /// behind them, are not counted (an event of such a key whose
+    /// transaction committed late, with an older id, is ahead of the parked
+    /// one and counted).
     async fn pending(&self) -> Result<u64, Error>;
 
     /// Wait until new events may have been committed, or `timeout` passed.

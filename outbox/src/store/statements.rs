@@ -225,7 +225,7 @@ impl<D: Dialect> Statements<D> {
             finish: format!("DELETE FROM {ev} WHERE id = {} AND {fenced}", p(1)).into(),
             pending: format!(
                 "SELECT count(*) FROM {ev} e WHERE e.due_at < {parked} AND {}",
-                key_free(&ev, &format!("p.due_at = {parked}"))
+                key_free(&ev, &format!("p.due_at = {parked} AND p.id < e.id"))
             )
             .into(),
             list_dead: format!(
