@@ -144,6 +144,11 @@ pub trait Source: Send + Sync + 'static {
 
     /// Delete dead letters that failed before `before`, and the parked events
     /// they held back (their keys move on). Returns how many dead letters.
+    /// Like [`retry_dead_letters`](Self::retry_dead_letters), it leaves
+    /// alone the dead letters of an event still waiting in the outbox for
+    /// other publishers (not parked): they are purged once it is finished
+    /// or parked, so a parked event always has a dead letter to retry or
+    /// purge.
     async fn purge_dead_letters(&self, before: SystemTime) -> Result<u64, Error>;
 
     /// [`purge_dead_letters`](Self::purge_dead_letters) of those that failed

@@ -136,6 +136,10 @@ pub(crate) struct Statements<D> {
 
 /// Delete the dead letters that failed before a cutoff (parameter 1), and
 /// first the parked events they held back, so that their keys move on.
+/// Those of an event still waiting in the outbox (not parked) are left
+/// alone, as a retry leaves them: under `KeyPolicy::Block` the event would
+/// otherwise be parked later with no dead letter to retry or purge, and
+/// hold its key for good.
 pub(crate) struct Purge {
     pub(crate) parked: Arc<str>,
     pub(crate) dead: Arc<str>,
@@ -149,7 +153,11 @@ impl Purge {
                    SELECT event_id FROM {dl} WHERE failed_at < {cutoff})"
             )
             .into(),
-            dead: format!("DELETE FROM {dl} WHERE failed_at < {cutoff}").into(),
+            dead: format!(
+                "DELETE FROM {dl} WHERE failed_at < {cutoff} AND event_id NOT IN ( \
+                   SELECT id FROM {ev} WHERE due_at < {parked})"
+            )
+            .into(),
         }
     }
 }
