@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use outbox::{ClaimedEvent, Settlement, Uuid};
+use outbox::{ClaimedEvent, Settlement, StorageBox, Uuid};
 
 /// A logical clock: every journal entry gets the next tick, so that entries
 /// made in the same instant of paused time are still ordered.
@@ -96,8 +96,12 @@ pub struct Journal {
     pub by_id: HashMap<Uuid, usize>,
     pub runners: Vec<RunnerTrack>,
     pub claims: Vec<Claim>,
-    /// The latest claim of each (event, attempt).
-    pub claim_of: HashMap<(usize, u32), usize>,
+    /// The latest claim of each claimed event's allocation: the Runner
+    /// hands publishers the very `Arc<StorageBox>` the claim returned, and
+    /// while a call runs its allocation is alive, so its address names its
+    /// claim (an (event, attempt) pair does not: a retried dead letter
+    /// starts again at attempt 1).
+    pub claim_of: HashMap<usize, usize>,
     pub calls: Vec<Call>,
     /// Successful deliveries per (event, publisher): when, and under which
     /// claim; the first one first.
@@ -284,7 +288,8 @@ impl Journal {
                 exposed: None,
             });
             let claim = self.claims.len() - 1;
-            self.claim_of.insert((seq, c.event.attempt), claim);
+            self.claim_of
+                .insert(std::sync::Arc::as_ptr(&c.event) as usize, claim);
             if reply_lost {
                 self.expose(claim, &format!("claim reply to runner {r} lost"));
             } else {
@@ -390,7 +395,8 @@ impl Journal {
     }
 
     /// A publisher is called: check that it is owed the event.
-    pub fn call_started(&mut self, publisher: usize, id: Uuid, attempt: u32) -> Option<usize> {
+    pub fn call_started(&mut self, publisher: usize, event: &StorageBox) -> Option<usize> {
+        let (id, attempt) = (event.id, event.attempt);
         let seq = self.seq_of(id, "a publisher was called with")?;
         let tick = self.tick();
         self.tally.calls += 1;
@@ -402,9 +408,14 @@ impl Journal {
                 "{name} was called with {what}, whose transaction did not commit"
             ));
         }
-        let Some(&claim) = self.claim_of.get(&(seq, attempt)) else {
+        let claim = self
+            .claim_of
+            .get(&(std::ptr::from_ref(event) as usize))
+            .copied()
+            .filter(|&c| self.claims[c].seq == seq);
+        let Some(claim) = claim else {
             self.violation(format!(
-                "{name} was called with {what}, attempt {attempt}, which no claim took"
+                "{name} was called with {what}, attempt {attempt}, which no claim handed out"
             ));
             return None;
         };

@@ -109,7 +109,7 @@ impl Plan {
             retention: (rng.f64() < 0.15).then(|| ms(&mut rng, 1_000..=30_000)),
             keys: rng.u32(1..=20),
             producers: rng.usize(1..=3),
-            produce_for: ms(&mut rng, 1_000..=6_000),
+            produce_for: ms(&mut rng, 1_000..=5_000),
             max_gap: rng.u64(30..=400),
             min_publish_timeout: ms(&mut rng, 50..=1_000),
             store_fault_rate: if faulty {

@@ -157,7 +157,7 @@ impl Publisher for SimPublisher {
     async fn publish(&self, cx: &Context) -> Result<(), PublishError> {
         let (call, seq) = {
             let mut journal = self.sim.journal();
-            let Some(call) = journal.call_started(self.index, cx.id(), cx.attempt()) else {
+            let Some(call) = journal.call_started(self.index, cx.event()) else {
                 return Err(PublishError::permanent(
                     "sim: an event the producers never enqueued",
                 ));
