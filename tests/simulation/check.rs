@@ -121,7 +121,9 @@ pub fn at_end(sim: &Sim) {
 /// dead letter retried after its key moved on; a delivery repeated by a
 /// fault.
 fn order(sim: &Sim, j: &mut crate::journal::Journal) {
-    let mut by_key: BTreeMap<(usize, String), Vec<(Uuid, usize, u64, usize)>> = BTreeMap::new();
+    // (publisher, key) -> (id, event, first delivery's tick, its claim)
+    type Firsts = BTreeMap<(usize, String), Vec<(Uuid, usize, u64, usize)>>;
+    let mut by_key = Firsts::new();
     for &(seq, p) in j.delivered.keys() {
         let Some((tick, claim)) = j.first_delivery(seq, p) else {
             continue;
