@@ -30,6 +30,8 @@ on_every_backend!(
     retry_waits_for_its_delay,
     retrying_dead_letters_leaves_waiting_events_alone,
     dead_letters_of_many_events_are_retried_at_once,
+    a_late_commit_ahead_of_a_parked_event_is_pending,
+    a_purge_leaves_the_dead_letters_of_a_waiting_event,
     ;
     // Not on the in-memory outbox: these alter or backdate rows with SQL.
     // The memory clock's version of the second is
@@ -993,4 +995,111 @@ async fn purged_by_age(db: &TestDb, owner: Uuid, events: &[NewEvent]) {
             .unwrap(),
         1
     );
+}
+
+/// An event whose transaction commits late, with an older id than a parked
+/// event of its key, is ahead of that event, not behind it: claimable, and
+/// counted as pending (else `drain()` returns with it in the outbox). Found
+/// by the simulation (`tests/simulation`, seed 128).
+async fn a_late_commit_ahead_of_a_parked_event_is_pending(backend: Backend) {
+    let db = TestDb::new(backend, "late_ahead_of_parked").await;
+    let late = NewEvent::new("test.e", "late").partition_key("k");
+    let parked = NewEvent::new("test.e", "parked").partition_key("k");
+    let source = db.source();
+    let owner = Uuid::now_v7();
+    enqueue_raw(&db, std::slice::from_ref(&parked)).await;
+    let claimed = source.claim(owner, 10, LEASE).await.unwrap();
+    assert_eq!(sorted_ids(&claimed), vec![parked.id]);
+    let park = Settlement::new(
+        parked.id,
+        Outcome::Park {
+            error: "sink: refused".into(),
+        },
+    )
+    .with_dead_letters(vec![Failure {
+        publisher: "sink".into(),
+        error: "refused".into(),
+    }]);
+    assert!(source.settle(owner, &park).await.unwrap());
+    assert_eq!(
+        source.pending().await.unwrap(),
+        0,
+        "a parked event is pending"
+    );
+
+    enqueue_raw(&db, std::slice::from_ref(&late)).await;
+    assert_eq!(
+        source.pending().await.unwrap(),
+        1,
+        "the late event was counted as behind the parked one"
+    );
+    let next = source.claim(owner, 10, LEASE).await.unwrap();
+    assert_eq!(
+        sorted_ids(&next),
+        vec![late.id],
+        "the late event heads its key"
+    );
+    db.cleanup().await;
+}
+
+/// A purge leaves alone the dead letter of an event still waiting in the
+/// outbox for another publisher, as a retry does: under `KeyPolicy::Block`
+/// that event is parked once the other publisher is done, and must then
+/// still have a dead letter for an operator to retry or purge; purged
+/// earlier, it held its key for good. Found by the simulation
+/// (`tests/simulation`, seed 262).
+async fn a_purge_leaves_the_dead_letters_of_a_waiting_event(backend: Backend) {
+    let db = TestDb::new(backend, "purge_waiting").await;
+    let first = NewEvent::new("test.e", "first").partition_key("k");
+    let behind = NewEvent::new("test.e", "behind").partition_key("k");
+    enqueue_raw(&db, &[first.clone(), behind.clone()]).await;
+    let source = db.source();
+    let owner = Uuid::now_v7();
+    let everything = SystemTime::now() + Duration::from_secs(365 * 24 * 3600);
+    let refused = || {
+        vec![Failure {
+            publisher: "a".into(),
+            error: "refused".into(),
+        }]
+    };
+
+    // `a` refuses for good; `b` fails for now.
+    let claimed = source.claim(owner, 10, LEASE).await.unwrap();
+    assert_eq!(sorted_ids(&claimed), vec![first.id]);
+    let retry = Outcome::Retry {
+        delay: Duration::ZERO,
+        error: "b: unavailable".into(),
+    };
+    let settlement = Settlement::new(first.id, retry).with_dead_letters(refused());
+    assert!(source.settle(owner, &settlement).await.unwrap());
+    assert_eq!(
+        source.purge_dead_letters(everything).await.unwrap(),
+        0,
+        "purged the dead letter of an event still waiting for `b`"
+    );
+
+    // `b` delivers: the event is parked for its dead letter, which a purge
+    // then removes with it, and the key moves on.
+    let claimed = source.claim(owner, 10, LEASE).await.unwrap();
+    assert_eq!(sorted_ids(&claimed), vec![first.id]);
+    assert_eq!(claimed[0].dead, vec!["a".to_owned()]);
+    let mut park = Settlement::new(
+        first.id,
+        Outcome::Park {
+            error: "a: refused".into(),
+        },
+    )
+    .with_delivered(vec!["b".into()]);
+    park.dead = vec!["a".into()];
+    assert!(source.settle(owner, &park).await.unwrap());
+    let letters = source.dead_letters(10).await.unwrap();
+    assert_eq!(letters.len(), 1, "the parked event has no dead letter");
+    assert_eq!(source.purge_dead_letters(everything).await.unwrap(), 1);
+    let next = source.claim(owner, 10, LEASE).await.unwrap();
+    assert_eq!(
+        sorted_ids(&next),
+        vec![behind.id],
+        "the key did not move on"
+    );
+    db.cleanup().await;
 }

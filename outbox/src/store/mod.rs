@@ -171,7 +171,9 @@ pub trait Source: Send + Sync + 'static {
 
     /// How many events in the outbox can still be published without an
     /// operator, due or not: parked events, and the events of their keys
-    /// behind them, are not counted.
+    /// behind them, are not counted (an event of such a key whose
+    /// transaction committed late, with an older id, is ahead of the parked
+    /// one and counted).
     async fn pending(&self) -> Result<u64, Error>;
 
     /// Wait until new events may have been committed, or `timeout` passed.
@@ -194,6 +196,11 @@ pub trait Source: Send + Sync + 'static {
 
     /// Delete dead letters that failed before `before`, and the parked events
     /// they held back (their keys move on). Returns how many dead letters.
+    /// Like [`retry_dead_letters`](Self::retry_dead_letters), it leaves
+    /// alone the dead letters of an event still waiting in the outbox for
+    /// other publishers (not parked): they are purged once it is finished
+    /// or parked, so a parked event always has a dead letter to retry or
+    /// purge.
     async fn purge_dead_letters(&self, before: SystemTime) -> Result<u64, Error>;
 
     /// [`purge_dead_letters`](Self::purge_dead_letters) of those that failed

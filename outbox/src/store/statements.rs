@@ -149,6 +149,10 @@ pub(crate) struct Statements<D> {
 
 /// Delete the dead letters that failed before a cutoff (parameter 1), and
 /// first the parked events they held back, so that their keys move on.
+/// Those of an event still waiting in the outbox (not parked) are left
+/// alone, as a retry leaves them: under `KeyPolicy::Block` the event would
+/// otherwise be parked later with no dead letter to retry or purge, and
+/// hold its key for good.
 pub(crate) struct Purge {
     pub(crate) parked: Arc<str>,
     pub(crate) dead: Arc<str>,
@@ -162,7 +166,11 @@ impl Purge {
                    SELECT event_id FROM {dl} WHERE failed_at < {cutoff})"
             )
             .into(),
-            dead: format!("DELETE FROM {dl} WHERE failed_at < {cutoff}").into(),
+            dead: format!(
+                "DELETE FROM {dl} WHERE failed_at < {cutoff} AND event_id NOT IN ( \
+                   SELECT id FROM {ev} WHERE due_at < {parked})"
+            )
+            .into(),
         }
     }
 }
@@ -238,7 +246,7 @@ impl<D: Dialect> Statements<D> {
             finish: format!("DELETE FROM {ev} WHERE id = {} AND {fenced}", p(1)).into(),
             pending: format!(
                 "SELECT count(*) FROM {ev} e WHERE e.due_at < {parked} AND {}",
-                key_free(&ev, &format!("p.due_at = {parked}"))
+                key_free(&ev, &format!("p.due_at = {parked} AND p.id < e.id"))
             )
             .into(),
             list_dead: format!(

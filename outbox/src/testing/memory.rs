@@ -111,21 +111,26 @@ impl State {
     /// Events that can still be published without an operator: not parked,
     /// and not behind a parked event of their key.
     pub(crate) fn pending(&self) -> u64 {
-        let parked_keys: std::collections::BTreeSet<&str> = self
-            .events
-            .values()
-            .filter(|row| row.is_parked())
-            .filter_map(|row| row.event.partition_key.as_deref())
-            .collect();
+        // The first parked event of each key: an event of that key with an
+        // older id (its transaction committed late) is ahead of it.
+        let mut parked: std::collections::BTreeMap<&str, Uuid> = std::collections::BTreeMap::new();
+        for (id, row) in &self.events {
+            if row.is_parked()
+                && let Some(key) = row.event.partition_key.as_deref()
+            {
+                parked.entry(key).or_insert(*id);
+            }
+        }
         self.events
-            .values()
-            .filter(|row| {
+            .iter()
+            .filter(|(id, row)| {
                 !row.is_parked()
                     && row
                         .event
                         .partition_key
                         .as_deref()
-                        .is_none_or(|key| !parked_keys.contains(key))
+                        .and_then(|key| parked.get(key))
+                        .is_none_or(|first| *id < first)
             })
             .count() as u64
     }

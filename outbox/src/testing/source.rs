@@ -198,6 +198,7 @@ impl State {
             .dead
             .iter()
             .filter(|(_, row)| row.failed_at < cutoff)
+            .filter(|((id, _), _)| self.events.get(id).is_none_or(Row::is_parked))
             .map(|(key, _)| key.clone())
             .collect();
         for (id, _) in &old {
