@@ -16,7 +16,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
 use super::dialect::{Dialect, Query, query, run_once};
-use super::shared::{Logic, Store};
+use super::shared::{Conn, Logic, Store};
 use super::statements::{claimable, claimed_columns, in_window};
 use super::{claim_in_window, duration_millis, millis_since_epoch};
 use crate::delivery::ClaimedEvent;
@@ -29,6 +29,8 @@ pub(crate) struct PgDialect {
     claim: Arc<str>,
     vacuum: vacuum::Vacuum,
     listener: wakeup::Listener,
+    /// Behind a pooler in transaction mode (see [`Conn`]).
+    pooled: bool,
 }
 
 impl PgDialect {
@@ -54,6 +56,7 @@ impl PgDialect {
             .into(),
             vacuum: vacuum::Vacuum::new(tables),
             listener: wakeup::Listener::new(tables),
+            pooled: false,
         }
     }
 }
@@ -154,16 +157,21 @@ impl Dialect for PgDialect {
         // again, which at-least-once allows; an ack, which commits durably
         // and after the claim, flushes the claim's WAL with its own.
         claim_in_window(limit, |window| async move {
-            let rows = query(&self.claim)
+            let mut conn = Conn::open(pool, self.pooled).await?;
+            let claim = query(&self.claim)
                 .bind(owner)
                 .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                 .bind(duration_millis(lease) as f64)
-                .bind(window)
-                .fetch_all(pool)
-                .await?;
+                .bind(window);
+            let rows = conn.query(claim).fetch_all(&mut *conn).await?;
+            conn.commit().await?;
             Ok(Store::<Self>::claimed_rows(&rows))
         })
         .await
+    }
+
+    fn set_pooled(&mut self, pooled: bool) {
+        self.pooled = pooled;
     }
 
     fn deleted(&self, pool: &PgPool, n: u64) {
@@ -175,6 +183,12 @@ impl Dialect for PgDialect {
     }
 }
 
+/// Unnamed statements: the caller's transaction keeps them on one server
+/// connection also behind a pooler in transaction mode, whatever the
+/// application's statement cache (sqlx 0.9.0 names, and never closes, its
+/// statements even with that cache off; through PgBouncer before 1.21 they
+/// then collide with other clients' on a shared server connection:
+/// `prepared statement "sqlx_s_1" already exists`).
 async fn enqueue(
     conn: &mut PgConnection,
     tables: &Tables,
@@ -196,6 +210,7 @@ async fn enqueue(
                 .bind(&e.partition_key)
                 .bind(&e.payload)
                 .bind(e.headers_json())
+                .persistent(false)
                 .execute(conn)
                 .await?;
         }
@@ -223,6 +238,7 @@ async fn enqueue(
                 .bind(keys)
                 .bind(payloads)
                 .bind(headers)
+                .persistent(false)
                 .execute(conn)
                 .await?;
         }
