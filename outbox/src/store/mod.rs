@@ -47,6 +47,7 @@ macro_rules! backend {
     };
 }
 
+mod conn;
 mod dialect;
 #[cfg(feature = "mysql")]
 pub(crate) mod mysql;

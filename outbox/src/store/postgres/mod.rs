@@ -15,8 +15,9 @@ use sqlx::postgres::{PgPool, PgQueryResult, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
+use super::conn::Conn;
 use super::dialect::{Dialect, Query, query, run_once};
-use super::shared::{Conn, Logic, Store};
+use super::shared::{Logic, Store};
 use super::statements::{claimable, claimed_columns, in_window};
 use super::{claim_in_window, duration_millis, millis_since_epoch};
 use crate::delivery::ClaimedEvent;

@@ -7,7 +7,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::Error;
-use crate::store::shared::Conn;
+use crate::store::conn::Conn;
 use crate::tables::Tables;
 
 /// Acked events are deleted at the head of the queue, and until vacuum
