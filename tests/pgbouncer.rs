@@ -382,3 +382,46 @@ async fn listen_is_refused_behind_a_transaction_pooler() {
         .build()
         .expect("listen(false) is what it does anyway");
 }
+
+/// Why the README tells the application to write its own statements
+/// `.persistent(false)` with sqlx 0.9.0: with the statement cache off, it
+/// still names each prepared statement (`sqlx_s_1`, …, counted per client
+/// connection) and never closes it, so through a pooler the second client
+/// on a server connection meets the first one's `sqlx_s_1`. Should this
+/// fail, sqlx no longer does that (0.9.1 sends such statements unnamed):
+/// update the README's "Behind a connection pooler".
+#[tokio::test]
+async fn sqlx_0_9_0_names_statements_even_with_the_cache_off() {
+    use sqlx::Connection;
+    let db = Database::new("pgbouncer_named").await;
+    let mut errors = Vec::new();
+    let mut clients = Vec::new();
+    // One client after the other: each finds the server connection the
+    // previous one left idle.
+    for _ in 0..4 {
+        let mut conn = sqlx::PgConnection::connect_with(&db.pooled())
+            .await
+            .unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        match sqlx::query("SELECT $1::int4")
+            .bind(1)
+            .execute(&mut *tx)
+            .await
+        {
+            Ok(_) => tx.commit().await.unwrap(),
+            Err(e) => {
+                errors.push(e.to_string());
+                tx.rollback().await.unwrap();
+            }
+        }
+        clients.push(conn);
+    }
+    for conn in clients {
+        conn.close().await.unwrap();
+    }
+    assert!(
+        !errors.is_empty() && errors.iter().all(|e| e.contains("already exists")),
+        "{errors:?}"
+    );
+    db.drop().await;
+}
