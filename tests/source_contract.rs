@@ -1008,7 +1008,10 @@ async fn a_late_commit_ahead_of_a_parked_event_is_pending(backend: Backend) {
     let source = db.source();
     let owner = Uuid::now_v7();
     enqueue_raw(&db, std::slice::from_ref(&parked)).await;
-    let claimed = source.claim(owner, 10, LEASE).await.unwrap();
+    let claimed = source
+        .claim(owner, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(sorted_ids(&claimed), vec![parked.id]);
     let park = Settlement::new(
         parked.id,
@@ -1033,7 +1036,10 @@ async fn a_late_commit_ahead_of_a_parked_event_is_pending(backend: Backend) {
         1,
         "the late event was counted as behind the parked one"
     );
-    let next = source.claim(owner, 10, LEASE).await.unwrap();
+    let next = source
+        .claim(owner, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(
         sorted_ids(&next),
         vec![late.id],
@@ -1064,7 +1070,10 @@ async fn a_purge_leaves_the_dead_letters_of_a_waiting_event(backend: Backend) {
     };
 
     // `a` refuses for good; `b` fails for now.
-    let claimed = source.claim(owner, 10, LEASE).await.unwrap();
+    let claimed = source
+        .claim(owner, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(sorted_ids(&claimed), vec![first.id]);
     let retry = Outcome::Retry {
         delay: Duration::ZERO,
@@ -1080,7 +1089,10 @@ async fn a_purge_leaves_the_dead_letters_of_a_waiting_event(backend: Backend) {
 
     // `b` delivers: the event is parked for its dead letter, which a purge
     // then removes with it, and the key moves on.
-    let claimed = source.claim(owner, 10, LEASE).await.unwrap();
+    let claimed = source
+        .claim(owner, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(sorted_ids(&claimed), vec![first.id]);
     assert_eq!(claimed[0].dead, vec!["a".to_owned()]);
     let mut park = Settlement::new(
@@ -1095,7 +1107,10 @@ async fn a_purge_leaves_the_dead_letters_of_a_waiting_event(backend: Backend) {
     let letters = source.dead_letters(10).await.unwrap();
     assert_eq!(letters.len(), 1, "the parked event has no dead letter");
     assert_eq!(source.purge_dead_letters(everything).await.unwrap(), 1);
-    let next = source.claim(owner, 10, LEASE).await.unwrap();
+    let next = source
+        .claim(owner, ClaimLimit::events(10), LEASE)
+        .await
+        .unwrap();
     assert_eq!(
         sorted_ids(&next),
         vec![behind.id],

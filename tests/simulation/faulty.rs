@@ -122,7 +122,7 @@ impl Source for FaultySource {
     async fn claim(
         &self,
         owner: Uuid,
-        limit: usize,
+        limit: outbox::ClaimLimit,
         lease: Duration,
     ) -> Result<Vec<ClaimedEvent>, Error> {
         let fault = self.draw(Method::Claim);

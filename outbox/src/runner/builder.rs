@@ -27,7 +27,9 @@ pub(super) struct Settings {
     pub(super) backoff_max: Duration,
     pub(super) publish_timeout: Duration,
     pub(super) grace_period: Duration,
-    pub(super) listen: bool,
+    /// `None`: listen unless behind a transaction pooler.
+    pub(super) listen: Option<bool>,
+    pub(super) transaction_pooler: bool,
     pub(super) key_policy: KeyPolicy,
     pub(super) dead_letter_retention: Option<Duration>,
 }
@@ -62,7 +64,8 @@ impl Default for Settings {
             backoff_max: Duration::from_secs(600),
             publish_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(10),
-            listen: true,
+            listen: None,
+            transaction_pooler: false,
             key_policy: KeyPolicy::Skip,
             dead_letter_retention: None,
         }
@@ -72,8 +75,9 @@ impl Default for Settings {
 /// The longest duration any setting accepts.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Makes the Source of a pool for the builder's tables.
-type MakeSource = Box<dyn FnOnce(&Tables) -> Arc<dyn Source> + Send>;
+/// Makes the Source of a pool for the builder's tables, behind a transaction
+/// pooler or not.
+type MakeSource = Box<dyn FnOnce(&Tables, bool) -> Arc<dyn Source> + Send>;
 
 /// Where the Runner's Source comes from.
 pub(super) enum SourceFactory {
@@ -194,12 +198,44 @@ impl RunnerBuilder {
         /// also when it listens for wake-ups.
         poll_interval: Duration
     );
-    setter!(
-        /// Wake up on the database's notifications (default true; PostgreSQL
-        /// LISTEN/NOTIFY). Set false for poll-only mode, for example behind a
-        /// connection pooler in transaction mode, where LISTEN does not work.
-        listen: bool
-    );
+    /// Wake up on the database's notifications (PostgreSQL LISTEN/NOTIFY;
+    /// default true, false behind a [`transaction_pooler`](Self::transaction_pooler)).
+    /// Set false for poll-only mode: an idle Runner then looks for events
+    /// every [`poll_interval`](Self::poll_interval).
+    pub fn listen(mut self, listen: bool) -> Self {
+        self.settings.listen = Some(listen);
+        self
+    }
+
+    /// The Runner's database connections go through a connection pooler in
+    /// transaction mode, such as PgBouncer with `pool_mode = transaction`
+    /// (default false). The pooler lends a server connection to a client
+    /// for one transaction only, so:
+    ///
+    /// - every statement of the Runner runs unprepared inside a transaction
+    ///   of its own, which keeps it on one server connection whatever the
+    ///   pool's statement cache (the claim and the ack cost three round
+    ///   trips more each; on a direct connection that is slower, hence
+    ///   not the default);
+    /// - the Runner does not LISTEN: a LISTEN through such a pooler lands on
+    ///   a server connection that goes back to the pool, and its
+    ///   notifications are lost without an error. The Runner polls: an
+    ///   event waits up to [`poll_interval`](Self::poll_interval) while the
+    ///   Runner is idle. [`build`](Self::build) refuses `listen(true)` with
+    ///   this setting.
+    ///
+    /// Without it, a Runner behind such a pooler fails now and then
+    /// (`prepared statement "sqlx_s_3" does not exist`, `bind message
+    /// supplies 4 parameters, but prepared statement "" requires 7`) and,
+    /// unless [`listen(false)`](Self::listen), listens in vain. Only for a
+    /// Runner built from a pool: [`build`](Self::build) refuses it on one
+    /// built with [`Runner::with_source`](super::Runner::with_source), whose
+    /// Source is the caller's. See the README's "Behind a connection
+    /// pooler" for what the application's own pool needs.
+    pub fn transaction_pooler(mut self, behind: bool) -> Self {
+        self.settings.transaction_pooler = behind;
+        self
+    }
     setter!(
         /// How long one publisher call may take before it counts as a
         /// transient failure (default 10 s). The timeout can only cut a
@@ -296,12 +332,27 @@ impl RunnerBuilder {
             return invalid("poll_interval", "must be above zero");
         }
 
+        if s.transaction_pooler && s.listen == Some(true) {
+            return invalid(
+                "listen",
+                "cannot be true behind a transaction pooler: a LISTEN there lands on a server connection that goes back to the pool, and its notifications are lost; leave `listen` unset (the Runner polls every `poll_interval`), or connect the Runner to the database directly without `transaction_pooler`",
+            );
+        }
+
         let source = match (self.source, self.tables) {
-            (SourceFactory::Pool(make), tables) => make(&tables.unwrap_or_default()),
+            (SourceFactory::Pool(make), tables) => {
+                make(&tables.unwrap_or_default(), s.transaction_pooler)
+            }
             (SourceFactory::Given(_), Some(_)) => {
                 return invalid(
                     "tables",
                     "has no effect on a Runner built with `Runner::with_source`: make that Source for the tables instead, e.g. `outbox::source(pool, &tables)`",
+                );
+            }
+            (SourceFactory::Given(_), None) if s.transaction_pooler => {
+                return invalid(
+                    "transaction_pooler",
+                    "has no effect on a Runner built with `Runner::with_source`: the Source is yours; build the Runner with `Runner::builder(pool)` instead",
                 );
             }
             (SourceFactory::Given(source), None) => source,
@@ -323,6 +374,11 @@ impl RunnerBuilder {
 }
 
 impl Settings {
+    /// Whether the Runner waits for the database's notifications.
+    pub(super) fn listens(&self) -> bool {
+        self.listen.unwrap_or(!self.transaction_pooler)
+    }
+
     pub(super) fn policy(&self) -> Policy {
         Policy {
             max_attempts: self.max_attempts,

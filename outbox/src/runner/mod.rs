@@ -95,9 +95,9 @@ impl Runner {
     /// A builder for a Runner over this pool (PostgreSQL, MySQL/MariaDB or
     /// SQLite).
     pub fn builder<DB: Backend>(pool: sqlx::Pool<DB>) -> RunnerBuilder {
-        Self::builder_with(SourceFactory::Pool(Box::new(move |tables: &Tables| {
-            crate::source(pool, tables)
-        })))
+        Self::builder_with(SourceFactory::Pool(Box::new(
+            move |tables: &Tables, pooled: bool| crate::store::runner_source(pool, tables, pooled),
+        )))
     }
 
     /// A builder for a Runner over any [`Source`], such as a custom backend.

@@ -166,7 +166,7 @@ impl Core {
 
     /// Wait for a wake-up or the poll interval; true when shutdown was asked.
     async fn idle(&self, stop: &mut watch::Receiver<bool>) -> bool {
-        if !self.settings.listen {
+        if !self.settings.listens() {
             return sleep_or_stop(self.settings.poll_interval, stop).await;
         }
         tokio::select! {

@@ -150,6 +150,10 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<Vec<ClaimedEvent>, Error>> + Send;
 
+    /// The Source runs behind a pooler in transaction mode: its claim must
+    /// run as [`Conn`](super::conn::Conn) says.
+    fn set_pooled(&mut self, _pooled: bool) {}
+
     /// Called before every statement of the Source: a check of the server,
     /// once.
     fn ready(&self, _pool: &Pool<Self::DB>) -> impl Future<Output = Result<(), Error>> + Send {

@@ -43,14 +43,18 @@ macro_rules! backend {
             fn source(
                 pool: sqlx::Pool<$db>,
                 tables: &$crate::Tables,
+                pooled: bool,
             ) -> std::sync::Arc<dyn $crate::Source> {
                 let dialect = $dialect::new(tables);
-                std::sync::Arc::new($crate::store::shared::Store::new(pool, tables, dialect))
+                std::sync::Arc::new($crate::store::shared::Store::new(
+                    pool, tables, dialect, pooled,
+                ))
             }
         }
     };
 }
 
+mod conn;
 mod dialect;
 #[cfg(feature = "mysql")]
 pub(crate) mod mysql;
@@ -289,7 +293,8 @@ pub(crate) mod sealed {
             tables: &'a Tables,
         ) -> BoxFuture<'a, Result<Option<i64>, Error>>;
 
-        fn source(pool: sqlx::Pool<Self>, tables: &Tables) -> Arc<dyn Source>;
+        /// The Source; `pooled`: behind a pooler in transaction mode.
+        fn source(pool: sqlx::Pool<Self>, tables: &Tables, pooled: bool) -> Arc<dyn Source>;
     }
 }
 
@@ -306,8 +311,24 @@ impl<DB: sealed::Sealed> Backend for DB {}
 
 /// The Source for a pool: what the Runner uses, exposed for tests and tools
 /// (dead-letter administration).
+///
+/// Its operators' methods ([`pending`](Source::pending), the dead letters)
+/// work through a connection pooler in transaction mode too; the Runner's
+/// own (claim, ack…) need
+/// [`RunnerBuilder::transaction_pooler`](crate::RunnerBuilder::transaction_pooler)
+/// there.
 pub fn source<DB: Backend>(pool: sqlx::Pool<DB>, tables: &Tables) -> Arc<dyn Source> {
-    <DB as sealed::Sealed>::source(pool, tables)
+    <DB as sealed::Sealed>::source(pool, tables, false)
+}
+
+/// The Source of a Runner: behind a pooler in transaction mode when
+/// `pooled`.
+pub(crate) fn runner_source<DB: Backend>(
+    pool: sqlx::Pool<DB>,
+    tables: &Tables,
+    pooled: bool,
+) -> Arc<dyn Source> {
+    <DB as sealed::Sealed>::source(pool, tables, pooled)
 }
 
 #[cfg(any(feature = "sqlite", feature = "mysql"))]

@@ -6,10 +6,12 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use sqlx::database::HasStatementCache;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row};
 use sqlx::{Pool, Type};
 use uuid::Uuid;
 
+use super::conn::Conn;
 use super::dialect::{Dialect, query};
 use super::statements::{Purge, Statements, WithIds};
 use super::{ClaimLimit, DeadLetter, Source, legacy, system_time_from_millis};
@@ -23,14 +25,19 @@ pub(crate) struct Store<D: Dialect> {
     pool: Pool<D::DB>,
     sql: Statements<D>,
     dialect: D,
+    /// The Runner's statements (claim, ack, settle, renew, release) each run
+    /// unprepared inside a transaction of their own: see [`Conn`].
+    pooled: bool,
 }
 
 impl<D: Dialect> Store<D> {
-    pub(crate) fn new(pool: Pool<D::DB>, tables: &Tables, dialect: D) -> Self {
+    pub(crate) fn new(pool: Pool<D::DB>, tables: &Tables, mut dialect: D, pooled: bool) -> Self {
+        dialect.set_pooled(pooled);
         Self {
             pool,
             sql: Statements::new(tables),
             dialect,
+            pooled,
         }
     }
 }
@@ -269,6 +276,7 @@ pub(crate) trait Logic<D: Dialect> {
 
 impl<D: Dialect> Logic<D> for Store<D>
 where
+    D::DB: HasStatementCache,
     for<'c> &'c mut <D::DB as Database>::Connection: Executor<'c, Database = D::DB>,
     <D::DB as Database>::Arguments: IntoArguments<D::DB>,
     usize: ColumnIndex<RowOf<D>>,
@@ -320,15 +328,16 @@ where
         ids: &[Uuid],
         owner: Uuid,
     ) -> Result<u64, Error> {
+        let mut conn = Conn::open(&self.pool, self.pooled).await?;
         let mut changed = 0;
         for chunk in ids.chunks(D::IDS_PER_STATEMENT.unwrap_or(usize::MAX)) {
-            let done = statement
-                .query(chunk)
-                .bind(D::id(owner))
-                .execute(&self.pool)
+            let done = conn
+                .query(statement.query(chunk).bind(D::id(owner)))
+                .execute(&mut *conn)
                 .await?;
             changed += D::rows_affected(&done);
         }
+        conn.commit().await?;
         Ok(changed)
     }
 
@@ -336,6 +345,7 @@ where
         // The lease stands before the ids in the text: with positional
         // parameters (`?`) it is bound first.
         let positional = D::param(1) == D::param(3);
+        let mut conn = Conn::open(&self.pool, self.pooled).await?;
         let mut renewed = 0;
         for chunk in ids.chunks(D::IDS_PER_STATEMENT.unwrap_or(usize::MAX)) {
             let text = self.sql.renew.text(chunk.len());
@@ -346,23 +356,23 @@ where
                     .bind(D::id(owner))
                     .bind(D::delay(lease))
             };
-            renewed += D::rows_affected(&statement.execute(&self.pool).await?);
+            renewed += D::rows_affected(&conn.query(statement).execute(&mut *conn).await?);
         }
+        conn.commit().await?;
         Ok(renewed)
     }
 
     async fn settle(&self, owner: Uuid, s: &Settlement) -> Result<bool, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = Conn::begin(&self.pool, self.pooled).await?;
         for failures in s.dead_letters.chunks(D::FAILURES_PER_STATEMENT) {
             let column =
                 |of: fn(&Failure) -> &String| D::column(failures.iter().map(of).cloned().collect());
-            query(&self.sql.dead)
+            let dead = query(&self.sql.dead)
                 .bind(column(|f| &f.publisher))
                 .bind(column(|f| &f.error))
                 .bind(D::id(s.id))
-                .bind(D::id(owner))
-                .execute(&mut *tx)
-                .await?;
+                .bind(D::id(owner));
+            tx.query(dead).execute(&mut *tx).await?;
         }
         // The statement of the outcome, fenced by the lease (its last two
         // parameters); Hold is Retry without counting the attempt.
@@ -383,11 +393,8 @@ where
                 .bind(error.as_str()),
             Outcome::Finish => query(&self.sql.finish),
         };
-        let done = change
-            .bind(D::id(s.id))
-            .bind(D::id(owner))
-            .execute(&mut *tx)
-            .await?;
+        let change = change.bind(D::id(s.id)).bind(D::id(owner));
+        let done = tx.query(change).execute(&mut *tx).await?;
         if D::rows_affected(&done) == 0 {
             tx.rollback().await?;
             return Ok(false);
@@ -397,18 +404,21 @@ where
     }
 
     async fn pending(&self) -> Result<u64, Error> {
-        let n: i64 = query(&self.sql.pending)
-            .fetch_one(&self.pool)
+        let mut conn = Conn::begin(&self.pool, true).await?;
+        let n: i64 = conn
+            .query(query(&self.sql.pending))
+            .fetch_one(&mut *conn)
             .await?
             .try_get(0)?;
+        conn.commit().await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error> {
-        let rows = query(&self.sql.list_dead)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
+        let mut conn = Conn::begin(&self.pool, true).await?;
+        let list = query(&self.sql.list_dead).bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = conn.query(list).fetch_all(&mut *conn).await?;
+        conn.commit().await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut read = Read::<D>::new(row);
@@ -439,36 +449,42 @@ where
     /// publishers that failed, and delete its dead letters.
     async fn retry_dead_letters(&self, event_ids: Option<&[Uuid]>) -> Result<u64, Error> {
         let per_statement = D::IDS_PER_STATEMENT.unwrap_or(usize::MAX);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = Conn::begin(&self.pool, true).await?;
         let mut ids = Vec::new();
         match event_ids {
             Some([]) => return Ok(0),
             Some(filter) => {
                 for chunk in filter.chunks(per_statement) {
-                    let rows = self.sql.dead_ids.query(chunk).fetch_all(&mut *tx).await?;
+                    let dead_ids = tx.query(self.sql.dead_ids.query(chunk));
+                    let rows = dead_ids.fetch_all(&mut *tx).await?;
                     ids.extend(Self::ids(&rows));
                 }
             }
             None => {
-                let rows = query(&self.sql.all_dead_ids).fetch_all(&mut *tx).await?;
+                let all_dead_ids = tx.query(query(&self.sql.all_dead_ids));
+                let rows = all_dead_ids.fetch_all(&mut *tx).await?;
                 ids.extend(Self::ids(&rows));
             }
         }
         let mut requeued = 0;
         for chunk in ids.chunks(per_statement) {
-            self.sql.unpark.query(chunk).execute(&mut *tx).await?;
-            let inserted = self.sql.requeue.query(chunk).execute(&mut *tx).await?;
-            requeued += D::rows_affected(&inserted);
-            self.sql.delete_dead.query(chunk).execute(&mut *tx).await?;
+            let unpark = tx.query(self.sql.unpark.query(chunk));
+            unpark.execute(&mut *tx).await?;
+            let requeue = tx.query(self.sql.requeue.query(chunk));
+            requeued += D::rows_affected(&requeue.execute(&mut *tx).await?);
+            let delete = tx.query(self.sql.delete_dead.query(chunk));
+            delete.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(requeued)
     }
 
     async fn purge(&self, purge: &Purge, cutoff: D::Time) -> Result<u64, Error> {
-        let mut tx = self.pool.begin().await?;
-        query(&purge.parked).bind(cutoff).execute(&mut *tx).await?;
-        let done = query(&purge.dead).bind(cutoff).execute(&mut *tx).await?;
+        let mut tx = Conn::begin(&self.pool, true).await?;
+        let parked = tx.query(query(&purge.parked).bind(cutoff));
+        parked.execute(&mut *tx).await?;
+        let dead = tx.query(query(&purge.dead).bind(cutoff));
+        let done = dead.execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(D::rows_affected(&done))
     }

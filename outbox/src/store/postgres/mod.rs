@@ -17,7 +17,8 @@ use sqlx::postgres::{PgPool, PgQueryResult, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
-use super::dialect::{Dialect, Query, query};
+use super::conn::Conn;
+use super::dialect::{Dialect, Query, query, run_once};
 use super::schema::SchemaCheck;
 use super::shared::{Logic, Store};
 use super::statements::{claimable, claimed_columns, in_window, within_budget};
@@ -35,6 +36,8 @@ pub(crate) struct PgDialect {
     vacuum: vacuum::Vacuum,
     listener: wakeup::Listener,
     schema: SchemaCheck,
+    /// Behind a pooler in transaction mode (see [`Conn`]).
+    pooled: bool,
 }
 
 impl PgDialect {
@@ -63,6 +66,7 @@ impl PgDialect {
             vacuum: vacuum::Vacuum::new(tables),
             listener: wakeup::Listener::new(tables),
             schema: SchemaCheck::new(tables),
+            pooled: false,
         }
     }
 }
@@ -163,14 +167,15 @@ impl Dialect for PgDialect {
         // again, which at-least-once allows; an ack, which commits durably
         // and after the claim, flushes the claim's WAL with its own.
         claim_in_window(limit.events, |window| async move {
-            let rows = query(&self.claim)
+            let mut conn = Conn::open(pool, self.pooled).await?;
+            let claim = query(&self.claim)
                 .bind(owner)
                 .bind(i64::try_from(limit.events).unwrap_or(i64::MAX))
                 .bind(duration_millis(lease) as f64)
                 .bind(window)
-                .bind(limit.bytes_i64())
-                .fetch_all(pool)
-                .await?;
+                .bind(limit.bytes_i64());
+            let rows = conn.query(claim).fetch_all(&mut *conn).await?;
+            conn.commit().await?;
             let mut events = Store::<Self>::claimed_rows(&rows);
             events.sort_by_key(|e| e.event.id);
             Ok(events)
@@ -182,6 +187,10 @@ impl Dialect for PgDialect {
         self.schema.check(version(pool, self.schema.tables())).await
     }
 
+    fn set_pooled(&mut self, pooled: bool) {
+        self.pooled = pooled;
+    }
+
     fn deleted(&self, pool: &PgPool, n: u64) {
         self.vacuum.deleted(pool, n);
     }
@@ -191,6 +200,12 @@ impl Dialect for PgDialect {
     }
 }
 
+/// Unnamed statements: the caller's transaction keeps them on one server
+/// connection also behind a pooler in transaction mode, whatever the
+/// application's statement cache (sqlx 0.9.0 names, and never closes, its
+/// statements even with that cache off; through PgBouncer before 1.21 they
+/// then collide with other clients' on a shared server connection:
+/// `prepared statement "sqlx_s_1" already exists`).
 async fn enqueue(
     conn: &mut PgConnection,
     tables: &Tables,
@@ -212,6 +227,7 @@ async fn enqueue(
                 .bind(&e.partition_key)
                 .bind(&e.payload)
                 .bind(e.headers_json())
+                .persistent(false)
                 .execute(conn)
                 .await?;
         }
@@ -239,6 +255,7 @@ async fn enqueue(
                 .bind(keys)
                 .bind(payloads)
                 .bind(headers)
+                .persistent(false)
                 .execute(conn)
                 .await?;
         }

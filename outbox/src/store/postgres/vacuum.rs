@@ -3,13 +3,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::Row;
 use sqlx::postgres::PgPool;
-
-use crate::store::dialect::run_once;
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::Error;
-
+use crate::store::conn::Conn;
 use crate::tables::Tables;
 
 /// Acked events are deleted at the head of the queue, and until vacuum
@@ -101,11 +99,12 @@ async fn vacuum(pool: &PgPool, sql: &Sql, owner: Option<bool>) -> Result<bool, E
     let owner = match owner {
         Some(known) => known,
         None => {
-            let owns: bool = sqlx::query(sql.owns_table)
-                .bind(&sql.events)
-                .fetch_one(pool)
-                .await?
-                .try_get(0)?;
+            // Unnamed and in a transaction, so that it also works behind a
+            // pooler in transaction mode.
+            let mut conn = Conn::begin(pool, true).await?;
+            let owns = conn.query(sqlx::query(sql.owns_table).bind(&sql.events));
+            let owns: bool = owns.fetch_one(&mut *conn).await?.try_get(0)?;
+            conn.commit().await?;
             if !owns {
                 tracing::info!(
                     table = %sql.events,
@@ -118,7 +117,12 @@ async fn vacuum(pool: &PgPool, sql: &Sql, owner: Option<bool>) -> Result<bool, E
     };
     if owner {
         let started = Instant::now();
-        run_once(pool, sql.vacuum.clone()).await?;
+        // One simple-protocol message: VACUUM cannot run in a transaction,
+        // and a statement sent in one exchange cannot be split between two
+        // server connections by a pooler in transaction mode.
+        sqlx::raw_sql(AssertSqlSafe(sql.vacuum.clone()))
+            .execute(pool)
+            .await?;
         tracing::debug!(took = ?started.elapsed(), "outbox: vacuumed the events table");
     }
     Ok(owner)
