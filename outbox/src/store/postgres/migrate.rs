@@ -191,11 +191,18 @@ fn v1(tables: &Tables) -> Script {
 pub(crate) async fn version(pool: &PgPool, tables: &Tables) -> Result<Option<i64>, Error> {
     let vt = tables.qualified(VERSION_TABLE);
     let read = format!("SELECT COALESCE(max(version), 0)::int8 FROM {vt}");
-    match sqlx::query_scalar(AssertSqlSafe(read))
+    // Unnamed, in a transaction of its own: through a pooler in transaction
+    // mode the statement's parse and execute then reach one server
+    // connection (this read runs before every Source's first statement).
+    let mut tx = pool.begin().await?;
+    let read = sqlx::query_scalar(AssertSqlSafe(read))
         .persistent(false)
-        .fetch_one(pool)
-        .await
-    {
+        .fetch_one(&mut *tx)
+        .await;
+    if read.is_ok() {
+        tx.commit().await?;
+    }
+    match read {
         Ok(version) => Ok(Some(version)),
         Err(sqlx::Error::Database(db)) if db.code().is_some_and(|c| NO_TABLE.contains(&&*c)) => {
             Ok(None)
