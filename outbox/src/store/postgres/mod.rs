@@ -18,7 +18,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
 use super::conn::Conn;
-use super::dialect::{Dialect, Query, query, run_once};
+use super::dialect::{Dialect, Query, query};
 use super::schema::SchemaCheck;
 use super::shared::{Logic, Store};
 use super::statements::{claimable, claimed_columns, in_window, within_budget};
