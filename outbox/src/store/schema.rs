@@ -225,6 +225,37 @@ impl SchemaCheck {
     }
 }
 
+/// Apply the steps of `scripts` newer than `found`, on one connection, each
+/// unless its `done_if` finds its work done.
+pub(crate) async fn apply<DB>(
+    conn: &mut DB::Connection,
+    scripts: &[Script],
+    found: u32,
+) -> Result<(), Error>
+where
+    DB: sqlx::Database + sqlx::database::HasStatementCache,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    for script in scripts.iter().filter(|s| s.version > found) {
+        for step in script.steps.iter().filter(|s| s.run) {
+            if let Some(done_if) = &step.done_if {
+                let done: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(done_if.clone()))
+                    .persistent(false)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                if done > 0 {
+                    continue;
+                }
+            }
+            super::dialect::run_once(&mut *conn, step.sql.clone()).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The error of a migration that gave up waiting for a lock after
 /// `waited`, for these `tables`; `reason` says who held it.
 pub(crate) fn locked(tables: &Tables, waited: Duration, reason: impl Into<String>) -> Error {

@@ -257,19 +257,6 @@ async fn apply(conn: &mut MySqlConnection, tables: &Tables) -> Result<(), Error>
     let Plan::From(found) = schema::plan(tables, Some(found))? else {
         return Ok(());
     };
-    for script in scripts(tables).iter().filter(|s| s.version > found) {
-        for step in script.steps.iter().filter(|s| s.run) {
-            if let Some(done_if) = &step.done_if {
-                let done: i64 = sqlx::query_scalar(AssertSqlSafe(done_if.clone()))
-                    .persistent(false)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                if done > 0 {
-                    continue;
-                }
-            }
-            run_once(&mut *conn, step.sql.clone()).await?;
-        }
-    }
+    schema::apply::<sqlx::MySql>(&mut *conn, &scripts(tables), found).await?;
     Ok(())
 }

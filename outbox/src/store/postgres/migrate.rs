@@ -10,7 +10,6 @@ use sqlx::{AssertSqlSafe, Postgres, Transaction};
 use super::wakeup;
 use crate::error::Error;
 use crate::migrations::Migrator;
-use crate::store::dialect::run_once;
 use crate::store::schema::{self, Plan, Script, Step, VERSION_TABLE};
 use crate::tables::Tables;
 
@@ -271,19 +270,6 @@ async fn apply(tx: &mut Transaction<'static, Postgres>, migrator: &Migrator) -> 
     let Plan::From(found) = schema::plan(tables, Some(found))? else {
         return Ok(());
     };
-    for script in scripts(tables).iter().filter(|s| s.version > found) {
-        for step in script.steps.iter().filter(|s| s.run) {
-            if let Some(done_if) = &step.done_if {
-                let done: i64 = sqlx::query_scalar(AssertSqlSafe(done_if.clone()))
-                    .persistent(false)
-                    .fetch_one(&mut **tx)
-                    .await?;
-                if done > 0 {
-                    continue;
-                }
-            }
-            run_once(&mut **tx, step.sql.clone()).await?;
-        }
-    }
+    schema::apply::<sqlx::Postgres>(&mut **tx, &scripts(tables), found).await?;
     Ok(())
 }

@@ -199,19 +199,6 @@ async fn apply(conn: &mut SqliteConnection, tables: &Tables) -> Result<(), Error
     let Plan::From(found) = schema::plan(tables, Some(found))? else {
         return Ok(tx.commit().await?);
     };
-    for script in scripts(tables).iter().filter(|s| s.version > found) {
-        for step in script.steps.iter().filter(|s| s.run) {
-            if let Some(done_if) = &step.done_if {
-                let done: i64 = sqlx::query_scalar(AssertSqlSafe(done_if.clone()))
-                    .persistent(false)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                if done > 0 {
-                    continue;
-                }
-            }
-            run_once(&mut *tx, step.sql.clone()).await?;
-        }
-    }
+    schema::apply::<sqlx::Sqlite>(&mut *tx, &scripts(tables), found).await?;
     Ok(tx.commit().await?)
 }
